@@ -1,0 +1,181 @@
+"""Plain-ViT backbone wrapper around timm (paper Sec. IV; DESIGN.md 1.1).
+
+The wrapper owns a timm :class:`~timm.models.vision_transformer.VisionTransformer` and runs it
+from *patch tokens* rather than from pixels, so that VPNeXt can compute the patch embedding once
+(ViTUp, paper Eq. 5) and hand the stride-16 sub-sampling to the transformer. Intermediate block
+outputs are collected in the same pass (never a second backbone run), prefix tokens (class,
+register, distillation) are dropped, and dense maps are returned as (B, C, H/16, W/16).
+
+Choices where the paper is silent:
+    * ``x_z`` is the last block's output *after* the backbone's final norm; intermediate ``x_i``
+      are raw block outputs (timm's ``forward_intermediates(norm=False)`` convention).
+    * The model is always created with ``dynamic_img_size=True`` so any padded input size works;
+      ``img_size`` only fixes the grid of the learned position embedding.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from urllib.parse import urlparse
+
+import timm
+from timm.models.vision_transformer import VisionTransformer
+from torch import Tensor, nn
+
+
+class PretrainedWeightsError(RuntimeError):
+    """Raised when backbone weights cannot be obtained (typically: no network for a hub download)."""
+
+
+def create_vit(
+    name: str,
+    pretrained: bool | str | Path = False,
+    img_size: int | tuple[int, int] | None = None,
+    drop_path_rate: float = 0.0,
+) -> VisionTransformer:
+    """Create a timm ViT without classifier, optionally loading weights.
+
+    Args:
+        name: Any timm ``VisionTransformer`` name (``vit_large_patch16_384``, ``vit_small_patch14_dinov2``…).
+        pretrained: ``False`` for random init, ``True`` for timm's hub weights (needs network), or a
+            path to a local ``.safetensors``/``.pth``/``.bin`` file; the position embedding is
+            resampled to ``img_size`` by timm's checkpoint filter.
+        img_size: Image size the position embedding grid is built for (timm default if ``None``).
+        drop_path_rate: Stochastic depth rate.
+
+    Raises:
+        PretrainedWeightsError: hub weights requested but not downloadable, or a missing local file.
+        ValueError: ``name`` is not a plain ViT with a conv patch embedding.
+    """
+    if not timm.is_model(name):
+        raise ValueError(f"unknown timm model '{name}' (see timm.list_models('vit_*'))")
+    kwargs: dict = {"num_classes": 0, "dynamic_img_size": True, "drop_path_rate": drop_path_rate}
+    if img_size is not None:
+        kwargs["img_size"] = img_size
+    if isinstance(pretrained, (str, Path)) and not isinstance(pretrained, bool):
+        path = Path(pretrained).expanduser()
+        if not path.is_file():
+            raise PretrainedWeightsError(f"backbone weights file not found: {path}")
+        model = _create(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
+    elif pretrained:
+        try:
+            # Without a reachable hub, go straight to the local cache: the hub client would
+            # otherwise retry for about a minute before failing.
+            with contextlib.nullcontext() if _hub_reachable() else _hub_offline():
+                model = _create(name, pretrained=True, **kwargs)
+        except ValueError:
+            raise
+        except Exception as err:  # hub/network errors come in many types
+            raise PretrainedWeightsError(
+                f"cannot download pretrained weights for '{name}' ({type(err).__name__}); "
+                "download them on a machine with network and pass pretrained=/path/to/weights.safetensors"
+            ) from None
+    else:
+        model = _create(name, pretrained=False, **kwargs)
+    proj = model.patch_embed.proj
+    if not isinstance(proj, nn.Conv2d) or proj.kernel_size != proj.stride:
+        raise ValueError(f"'{name}' has no non-overlapping conv patch embedding")
+    return model
+
+
+def _create(name: str, **kwargs) -> VisionTransformer:
+    try:
+        model = timm.create_model(name, **kwargs)
+    except TypeError as err:  # other architectures reject ViT-only kwargs such as dynamic_img_size
+        raise ValueError(f"'{name}' is not a timm VisionTransformer ({err})") from None
+    if not isinstance(model, VisionTransformer):
+        raise ValueError(f"'{name}' is a {type(model).__name__}, not a timm VisionTransformer")
+    return model
+
+
+def _hub_reachable() -> bool:
+    """Whether the Hugging Face hub endpoint resolves (a cheap stand-in for "we have network")."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    try:
+        socket.getaddrinfo(urlparse(constants.ENDPOINT).hostname, 443)
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _hub_offline() -> Iterator[None]:
+    """Make the hub client use its local cache only, for the duration of the block."""
+    from huggingface_hub import constants
+
+    previous = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = previous
+
+
+class ViTBackbone(nn.Module):
+    """Runs a timm ViT from patch-embedding maps and returns dense intermediate features.
+
+    Args:
+        name: timm model name.
+        pretrained: ``False``, ``True`` (hub) or a local weights path; see :func:`create_vit`.
+        img_size: Position-embedding grid size (timm default if ``None``).
+        drop_path_rate: Stochastic depth rate.
+    """
+
+    def __init__(
+        self,
+        name: str = "vit_tiny_patch16_224",
+        pretrained: bool | str | Path = False,
+        img_size: int | tuple[int, int] | None = None,
+        drop_path_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.vit = create_vit(name, pretrained, img_size, drop_path_rate)
+        self.embed_dim: int = self.vit.embed_dim
+        self.depth: int = len(self.vit.blocks)
+        self.patch_size: int = self.vit.patch_embed.proj.kernel_size[0]
+        self.num_prefix_tokens: int = self.vit.num_prefix_tokens
+
+    @property
+    def patch_proj(self) -> nn.Conv2d:
+        """The patch-embedding convolution (kernel = stride = patch size)."""
+        return self.vit.patch_embed.proj
+
+    def forward(
+        self, patch_map: Tensor, indices: Sequence[int] = (), norm_intermediates: bool = False
+    ) -> tuple[list[Tensor], Tensor]:
+        """Run the transformer on a patch-embedding map.
+
+        Args:
+            patch_map: (B, C, h, w) output of the patch-embedding convolution (before its norm).
+            indices: 0-based block indices whose outputs to return.
+            norm_intermediates: Apply the backbone's final norm to those outputs too.
+
+        Returns:
+            ``(features, x_z)``: one (B, C, h, w) map per index in ``indices`` order, and the final
+            normalised feature (B, C, h, w).
+        """
+        vit = self.vit
+        b, _, h, w = patch_map.shape
+        x = vit.patch_embed.norm(patch_map.permute(0, 2, 3, 1))  # timm applies its norm in NHWC
+        x = vit.norm_pre(vit.patch_drop(vit._pos_embed(x)))
+        wanted = {i: pos for pos, i in enumerate(indices)}
+        features: list[Tensor | None] = [None] * len(indices)
+        for i, block in enumerate(vit.blocks):
+            x = block(x)
+            if i in wanted:
+                features[wanted[i]] = self._to_map(vit.norm(x) if norm_intermediates else x, h, w)
+        return features, self._to_map(vit.norm(x), h, w)  # type: ignore[return-value]
+
+    def _to_map(self, tokens: Tensor, h: int, w: int) -> Tensor:
+        tokens = tokens[:, self.num_prefix_tokens :]
+        return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, h, w)
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names (relative to this module) that must not be weight-decayed."""
+        return {f"vit.{n}" for n in self.vit.no_weight_decay()}

@@ -1,0 +1,57 @@
+"""Upsamplers compared in Table II (DESIGN.md 1.6).
+
+Every upsampler maps the head's 1/16 features ``y_z`` (and, for HiCLR, the hidden 1/4 pyramid
+feature) to the map the classifier runs on; the model then resizes the logits to the input.
+
+    * :class:`BilinearUpsampler` (HiCLR depth 0): identity; the classifier runs at 1/16 and its
+      logits are upsampled x16.
+    * :class:`MockPyramid`: a ViTDet-style simple feature pyramid made by resizing high-level
+      features: two stride-2 transposed convs give 1/8 and 1/4 maps, fused top-down (FPN style,
+      3x3 smoothing convs); the classifier runs at 1/4. "Mock pyramid, 2" in Table II.
+    * :class:`~vpnext.models.vitup.HiCLR`: the real pyramid from ViTUp.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from vpnext.models.layers import ConvNormAct, group_norm, upsample_to
+
+
+class BilinearUpsampler(nn.Module):
+    """No learned upsampling: classify at 1/16, upsample logits (paper: "Bilinear", 0 layers)."""
+
+    needs_pyramid = False
+
+    def __init__(self, in_dim: int) -> None:
+        super().__init__()
+        self.out_dim = in_dim
+
+    def forward(self, y: Tensor, pyramid: Tensor | None = None) -> Tensor:
+        return y
+
+
+class MockPyramid(nn.Module):
+    """Mock pyramid from resized high-level features (two extra levels, 1/8 and 1/4).
+
+    Args:
+        in_dim: Width D of the head's 1/16 features.
+        dim: Width of the pyramid levels.
+    """
+
+    needs_pyramid = False
+
+    def __init__(self, in_dim: int, dim: int) -> None:
+        super().__init__()
+        self.out_dim = dim
+        self.up8 = nn.Sequential(nn.ConvTranspose2d(in_dim, dim, 2, stride=2), group_norm(dim), nn.GELU())
+        self.up4 = nn.Sequential(nn.ConvTranspose2d(dim, dim, 2, stride=2), group_norm(dim), nn.GELU())
+        self.lateral16 = ConvNormAct(in_dim, dim, 1)
+        self.smooth8 = ConvNormAct(dim, dim, 3)
+        self.smooth4 = ConvNormAct(dim, dim, 3)
+
+    def forward(self, y: Tensor, pyramid: Tensor | None = None) -> Tensor:
+        f8 = self.up8(y)
+        f4 = self.up4(f8)
+        p8 = self.smooth8(f8 + upsample_to(self.lateral16(y), tuple(f8.shape[-2:])))
+        return self.smooth4(f4 + upsample_to(p8, tuple(f4.shape[-2:])))

@@ -1,0 +1,127 @@
+"""ViTUp: the hidden stride-4 embedding and the HiCLR refiner (paper Sec. IV-B; DESIGN.md 1.2, 1.6).
+
+Part 1, :class:`HiddenPyramidEmbedding` (paper Eq. 5): the ViT's own patch embedding, a conv with
+kernel = stride = 16, applied at stride 4 gives a 1/4-resolution map ``e4``. With 12 pixels of
+right/bottom zero padding, ``e4[..., ::4, ::4]`` is exactly the stride-16 embedding the ViT
+consumes, so the embedding is computed once. The decoder only needs ``P·e4`` (a 1x1 projection
+to the pyramid width); since both maps are linear, ``P·conv(I, W) = conv(I, P·W)``, and
+``mode='folded'`` computes the 1/4 map directly with folded weights, which costs pyramid_dim / C
+of the full-width stride-4 conv (the stride-16 tokens are then a separate, 16x cheaper conv).
+``mode='shared'`` computes the full-width ``e4`` once and sub-samples it, as the paper states.
+Both give the same tokens (bit for bit) and the same pyramid feature (to float rounding).
+
+Part 2, :class:`HiCLR` (High-Level Context Local Refiner): ``u_0 = GN(P·e4)``; the high-level
+context ``h`` is ``y_z`` projected to the pyramid width and upsampled to 1/4; each of the T
+iterations predicts offsets from ``[h, u_{t-1}]`` (zero-initialised 3x3 conv), refines
+``u_{t-1}`` with a deformable 3x3 conv at those offsets, and adds the result (residual):
+``u_t = u_{t-1} + GELU(GN(Deform(u_{t-1}, offsets_t)))``. The output ``ConvNormAct3x3([u_T, h])``
+feeds the classifier at 1/4. Only local context is refined, as the paper states.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vpnext.models.layers import ConvNormAct, group_norm, upsample_to, zero_init_offset_conv
+from vpnext.ops.deform_conv import DeformConv3x3
+
+PYRAMID_STRIDE = 4
+
+
+class HiddenPyramidEmbedding(nn.Module):
+    """The ViT patch embedding re-applied at stride 4, projected to the pyramid width.
+
+    Args:
+        embed_dim: ViT width C (output channels of the patch embedding).
+        dim: Pyramid width of the decoder's 1/4 path.
+        patch_size: ViT patch size (must be a multiple of 4).
+        mode: ``'folded'`` (default, cheaper) or ``'shared'`` (full-width map computed once).
+    """
+
+    def __init__(
+        self, embed_dim: int, dim: int, patch_size: int = 16, mode: Literal["folded", "shared"] = "folded"
+    ) -> None:
+        super().__init__()
+        if patch_size % PYRAMID_STRIDE:
+            raise ValueError(f"ViTUp needs a patch size divisible by {PYRAMID_STRIDE}, got {patch_size}")
+        if mode not in ("folded", "shared"):
+            raise ValueError(f"mode must be 'folded' or 'shared', got {mode!r}")
+        self.mode = mode
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(embed_dim, dim, 1)
+        self.norm = group_norm(dim)
+
+    def stride4(self, images: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        """``e4 = theta(I, K16, S4)`` with right/bottom padding so it is exactly H/4 x W/4."""
+        pad = self.patch_size - PYRAMID_STRIDE
+        return F.conv2d(F.pad(images, (0, pad, 0, pad)), weight, bias, stride=PYRAMID_STRIDE)
+
+    def folded_weights(self, weight: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor]:
+        """``(P·W, P·b + b_P)``: the patch conv and the 1x1 projection merged into one conv."""
+        p = self.proj.weight.flatten(1)  # (dim, C)
+        folded_w = torch.einsum("dc,cikl->dikl", p, weight)
+        folded_b = self.proj.bias if bias is None else p @ bias + self.proj.bias
+        return folded_w, folded_b
+
+    def forward(self, images: Tensor, patch_proj: nn.Conv2d) -> tuple[Tensor, Tensor]:
+        """Returns the ViT's stride-16 patch map (B, C, H/16, W/16) and ``u_0`` (B, dim, H/4, W/4).
+
+        ``images`` must already be padded to a multiple of the patch size.
+        """
+        step = self.patch_size // PYRAMID_STRIDE
+        if self.mode == "shared":
+            e4 = self.stride4(images, patch_proj.weight, patch_proj.bias)
+            return e4[..., ::step, ::step], self.norm(self.proj(e4))
+        tokens = patch_proj(images)
+        pyramid = self.stride4(images, *self.folded_weights(patch_proj.weight, patch_proj.bias))
+        return tokens, self.norm(pyramid)
+
+
+class HiCLRStep(nn.Module):
+    """One HiCLR refinement iteration: offsets from ``[h, u]``, deformable 3x3, residual update."""
+
+    def __init__(self, dim: int, deform_impl: str = "auto") -> None:
+        super().__init__()
+        self.offset_conv = zero_init_offset_conv(2 * dim)
+        self.deform = DeformConv3x3(dim, dim, bias=False, impl=deform_impl)
+        self.norm = group_norm(dim)
+        self.act = nn.GELU()
+
+    def forward(self, u: Tensor, h: Tensor) -> Tensor:
+        offsets = self.offset_conv(torch.cat([h, u], 1))
+        return u + self.act(self.norm(self.deform(u, offsets)))
+
+
+class HiCLR(nn.Module):
+    """High-Level Context Local Refiner with ``depth`` iterations (Table II: 1–5).
+
+    Args:
+        in_dim: Width D of the head's 1/16 features ``y_z``.
+        dim: Pyramid width of the 1/4 path (``u_0`` comes from :class:`HiddenPyramidEmbedding`).
+        depth: Number of refinement iterations T ≥ 1.
+        deform_impl: Deformable-conv implementation.
+    """
+
+    needs_pyramid = True
+
+    def __init__(self, in_dim: int, dim: int, depth: int = 3, deform_impl: str = "auto") -> None:
+        super().__init__()
+        if depth < 1:
+            raise ValueError("HiCLR needs depth ≥ 1 (depth 0 is the bilinear upsampler)")
+        self.out_dim = dim
+        self.lateral = ConvNormAct(in_dim, dim, 1)
+        self.steps = nn.ModuleList(HiCLRStep(dim, deform_impl) for _ in range(depth))
+        self.fuse = ConvNormAct(2 * dim, dim, 3)
+
+    def forward(self, y: Tensor, pyramid: Tensor | None) -> Tensor:
+        if pyramid is None:
+            raise RuntimeError("HiCLR needs the hidden stride-4 pyramid feature")
+        h = upsample_to(self.lateral(y), tuple(pyramid.shape[-2:]))
+        u = pyramid
+        for step in self.steps:
+            u = step(u, h)
+        return self.fuse(torch.cat([u, h], 1))

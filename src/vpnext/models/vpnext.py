@@ -1,0 +1,191 @@
+"""VPNeXt: a plain ViT with Visual Context Replay and ViTUp, and every baseline of Tables I–III.
+
+Every ablation switch is a constructor argument; the module for each switch is picked once here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+from torch import Tensor, nn
+
+from vpnext.models.backbone import ViTBackbone
+from vpnext.models.context_head import ContextHead
+from vpnext.models.layers import pad_to_multiple, upsample_to
+from vpnext.models.mask_transformer import MaskTransformerHead
+from vpnext.models.outputs import VPNeXtOutput
+from vpnext.models.upsamplers import BilinearUpsampler, MockPyramid
+from vpnext.models.vcr import DeepSupervision, NaiveAlign, VisualContextReplay
+from vpnext.models.vitup import HiCLR, HiddenPyramidEmbedding
+
+AuxMode = Literal["none", "deep_supervision", "naive_align", "vcr"]
+HeadMode = Literal["context", "mask_transformer"]
+UpsamplerMode = Literal["bilinear", "mock_pyramid", "hiclr"]
+DeformImpl = Literal["auto", "grid_sample", "torchvision"]
+
+
+def resolve_aux_layers(aux_layers: int | Sequence[int], depth: int) -> list[int]:
+    """Block indices (0-based) of the supervised intermediate layers.
+
+    A count ``n`` spaces the layers evenly: ``depth·j // (n + 1)`` for j = 1..n (blocks 8 and 16
+    of a 24-block ViT-L for n = 2). The last block is ``x_z`` itself and cannot be auxiliary.
+    """
+    if isinstance(aux_layers, int):
+        if not 1 <= aux_layers < depth:
+            raise ValueError(f"aux_layers={aux_layers}: need a count between 1 and {depth - 1}")
+        return [depth * j // (aux_layers + 1) for j in range(1, aux_layers + 1)]
+    indices = list(aux_layers)
+    if not indices or len(set(indices)) != len(indices) or not all(0 <= i < depth - 1 for i in indices):
+        raise ValueError(f"aux_layers={indices}: need distinct block indices in [0, {depth - 2}]")
+    return sorted(indices)
+
+
+class VPNeXt(nn.Module):
+    """VPNeXt semantic segmentation model (and its ablation baselines).
+
+    ``eval()``: ``forward(images)`` returns logits (B, K, H, W) at the input resolution for any
+    H, W (padded right/bottom to a multiple of the patch size inside, cropped back). Auxiliary
+    branches never run. ``train()``: returns a :class:`VPNeXtOutput` with the main logits and
+    whatever ``aux`` needs.
+
+    Args:
+        num_classes: Number of classes K.
+        backbone: timm ViT name, e.g. ``vit_large_patch16_384``.
+        pretrained: ``False`` (random init), ``True`` (timm hub, needs network) or a local weights
+            file (``.safetensors``/``.pth``); position embeddings are resampled to ``img_size``.
+        img_size: Training crop size the position-embedding grid is built for.
+        drop_path_rate: Stochastic depth of the ViT.
+        decoder_dim: Width D of the 1/16 decoder (context head, auxiliary branches, mask head).
+        pyramid_dim: Width of the 1/4 path (mock pyramid levels, ViTUp/HiCLR). Kept small, like
+            DeepLabV3+'s 48-channel low-level projection: the 1/4 path restores local detail and
+            its cost grows 16x faster with resolution than the 1/16 decoder's.
+        num_heads: Attention heads of the context head's affinity (and the mask head's blocks).
+        aux: Auxiliary supervision of intermediate layers (training only): ``none``,
+            ``deep_supervision``, ``naive_align`` (Eq. 1) or ``vcr`` (Visual Context Replay).
+        aux_layers: How many intermediate layers (evenly spaced), or their 0-based block indices.
+        head: ``context`` (deformable local + affinity global context) or ``mask_transformer``
+            (Segmenter, the "mask decoder w/o pyramid" baseline).
+        upsampler: ``bilinear``, ``mock_pyramid`` or ``hiclr`` (ViTUp's real pyramid).
+        hiclr_depth: HiCLR refinement iterations T (Table II: 1–5); 0 is the bilinear path.
+        replay_stop_grad: VCR replays the final layer's offsets/affinity as a fixed prior
+            (stop-gradient). ``False`` lets the auxiliary loss update them too.
+        pyramid_embed: How ViTUp computes the stride-4 embedding: ``folded`` (projection folded
+            into the patch conv, cheaper) or ``shared`` (full-width map once, sub-sampled).
+        deform_impl: Deformable conv kernel: ``auto`` (fastest measured), ``grid_sample`` or
+            ``torchvision``.
+
+    Raises:
+        ValueError: For ``aux='vcr'`` with ``head='mask_transformer'`` (nothing to replay) and
+            for out-of-range ``aux_layers``/``hiclr_depth``.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: str = "vit_tiny_patch16_224",
+        pretrained: bool | str | Path = False,
+        img_size: int | None = None,
+        drop_path_rate: float = 0.0,
+        decoder_dim: int = 256,
+        pyramid_dim: int = 64,
+        num_heads: int = 8,
+        aux: AuxMode = "vcr",
+        aux_layers: int | list[int] = 2,
+        head: HeadMode = "context",
+        upsampler: UpsamplerMode = "hiclr",
+        hiclr_depth: int = 3,
+        replay_stop_grad: bool = True,
+        pyramid_embed: Literal["folded", "shared"] = "folded",
+        deform_impl: DeformImpl = "auto",
+    ) -> None:
+        super().__init__()
+        _check_choice("aux", aux, AuxMode)
+        _check_choice("head", head, HeadMode)
+        _check_choice("upsampler", upsampler, UpsamplerMode)
+        if aux == "vcr" and head == "mask_transformer":
+            raise ValueError(
+                "aux='vcr' needs head='context': VCR replays the context head's deformable offsets and "
+                "affinity, and the mask transformer computes neither"
+            )
+        if not 0 <= hiclr_depth <= 5 and upsampler == "hiclr":
+            raise ValueError(f"hiclr_depth={hiclr_depth}: must be between 0 and 5")
+        self.num_classes = num_classes
+        self.aux_mode = aux
+        self.backbone = ViTBackbone(backbone, pretrained, img_size, drop_path_rate)
+        width = self.backbone.embed_dim
+
+        if upsampler == "hiclr" and hiclr_depth > 0:
+            self.pyramid_embed = HiddenPyramidEmbedding(
+                width, pyramid_dim, self.backbone.patch_size, pyramid_embed
+            )
+            self.upsampler: nn.Module = HiCLR(decoder_dim, pyramid_dim, hiclr_depth, deform_impl)
+        else:
+            self.pyramid_embed = None
+            self.upsampler = (
+                MockPyramid(decoder_dim, pyramid_dim)
+                if upsampler == "mock_pyramid"
+                else BilinearUpsampler(decoder_dim)
+            )
+
+        if head == "context":
+            self.head: nn.Module = ContextHead(
+                width, decoder_dim, num_classes, self.upsampler.out_dim, num_heads, deform_impl
+            )
+        else:
+            self.head = MaskTransformerHead(
+                width, decoder_dim, num_classes, self.upsampler.out_dim, num_heads=num_heads
+            )
+
+        self.aux_layers = [] if aux == "none" else resolve_aux_layers(aux_layers, self.backbone.depth)
+        n_aux = len(self.aux_layers)
+        if aux == "deep_supervision":
+            self.aux: nn.Module | None = DeepSupervision(
+                width, decoder_dim, num_classes, n_aux, num_heads, deform_impl
+            )
+        elif aux == "vcr":
+            self.aux = VisualContextReplay(
+                width, decoder_dim, num_classes, n_aux, num_heads, deform_impl, replay_stop_grad
+            )
+        elif aux == "naive_align":
+            self.aux = NaiveAlign()
+        else:
+            self.aux = None
+
+    def forward(self, images: Tensor) -> Tensor | VPNeXtOutput:
+        """Segment ``images`` (B, 3, H, W); see the class docstring for what is returned."""
+        height, width = images.shape[-2:]
+        x = pad_to_multiple(images, self.backbone.patch_size)
+        if self.pyramid_embed is not None:
+            patches, pyramid = self.pyramid_embed(x, self.backbone.patch_proj)
+        else:
+            patches, pyramid = self.backbone.patch_proj(x), None
+
+        run_aux = self.training and self.aux is not None
+        features, x_z = self.backbone(
+            patches, self.aux_layers if run_aux else (), norm_intermediates=self.aux_mode == "naive_align"
+        )
+        y, context = self.head(x_z)
+        logits = self.head.classify(self.upsampler(y, pyramid), context)
+        logits = upsample_to(logits, tuple(x.shape[-2:]))[..., :height, :width]
+        if not self.training:
+            return logits
+        output = VPNeXtOutput(logits)
+        if run_aux:
+            aux_logits, output.align_pairs = self.aux(features, x_z, context, tuple(x.shape[-2:]))
+            output.aux_logits = [a[..., :height, :width] for a in aux_logits]
+        return output
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names exempt from weight decay besides 1-D tensors (pos/cls/reg tokens, class embeddings)."""
+        names = {f"backbone.{n}" for n in self.backbone.no_weight_decay()}
+        if isinstance(self.head, MaskTransformerHead):
+            names |= {f"head.{n}" for n in self.head.no_weight_decay()}
+        return names
+
+
+def _check_choice(name: str, value: str, choices) -> None:
+    allowed = choices.__args__
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not one of {', '.join(map(repr, allowed))}")
