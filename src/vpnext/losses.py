@@ -1,0 +1,187 @@
+"""Segmentation losses: mask loss (focal + dice), cross-entropy, naive-align MSE (DESIGN.md, Sec. 1.7).
+
+All per-pixel losses take logits (B, K, H, W) at label resolution and integer labels (B, H, W) in
+which ``ignore_index`` (255) marks pixels that contribute nothing: neither to the value nor to the
+normalisation, and a batch where every pixel is ignored yields an exact, differentiable zero.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import sigmoid_focal_loss
+
+from vpnext.models.outputs import VPNeXtOutput
+
+__all__ = ["SegmentationLoss", "ce_loss", "mask_loss", "naive_align_loss"]
+
+#: Mask-loss weights of MaskFormer (Cheng et al., 2021), the mask-decoder recipe that pairs sigmoid
+#: focal with dice, as the paper does (Sec. V). The focal term is a mean over K·N pixel-class terms
+#: that are mostly easy negatives down-weighted by (1 - p_t)^2 and alpha, so it is ~20x smaller than
+#: dice; the weights bring both to a similar scale.
+FOCAL_WEIGHT = 20.0
+DICE_WEIGHT = 1.0
+#: Added to numerator and denominator of dice: keeps it defined (= 0) for an image where a class
+#: is absent and predicted absent, and softens the gradient for classes with a handful of pixels.
+DICE_SMOOTH = 1.0
+
+
+def _check_shapes(logits: Tensor, target: Tensor) -> None:
+    if logits.ndim != 4 or target.shape != (logits.shape[0], *logits.shape[2:]):
+        raise ValueError(
+            f"expected logits (B, K, H, W) and target (B, H, W) of the same size, got "
+            f"{tuple(logits.shape)} and {tuple(target.shape)}; resize logits to the label resolution first"
+        )
+
+
+def _zero(logits: Tensor) -> Tensor:
+    """A zero that stays in the graph, so ``backward()`` works on an all-ignored batch."""
+    return logits.sum() * 0.0
+
+
+def mask_loss(
+    logits: Tensor,
+    target: Tensor,
+    ignore_index: int = 255,
+    focal_weight: float = FOCAL_WEIGHT,
+    dice_weight: float = DICE_WEIGHT,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+) -> Tensor:
+    """Mask loss on one-hot class masks: ``focal_weight * focal + dice_weight * dice``.
+
+    Each class k defines a binary mask ``t_k = (target == k)`` predicted by ``p_k = sigmoid(logits_k)``.
+
+    - focal: torchvision's ``sigmoid_focal_loss`` (alpha, gamma) over every (valid pixel, class)
+      pair, **averaged over valid pixels and classes** (sum / (N_valid * K)), i.e. MaskFormer's
+      per-mask pixel mean averaged over masks.
+    - dice: per image and class, ``1 - (2 * sum(p * t) + s) / (sum(p) + sum(t) + s)`` with sums over
+      that image's valid pixels and ``s = DICE_SMOOTH = 1``; **averaged over classes, then over the
+      images that have at least one valid pixel**. Per image (not pooled over the batch) as in
+      MaskFormer, so an image's loss does not depend on what else is in the batch.
+
+    Args:
+        logits: (B, K, H, W) per-class logits.
+        target: (B, H, W) integer labels in ``0..K-1`` or ``ignore_index``.
+        ignore_index: Label of pixels to leave out.
+        focal_weight: Weight of the focal term (default 20, MaskFormer).
+        dice_weight: Weight of the dice term (default 1, MaskFormer).
+        alpha: Focal weight of positives (negatives get ``1 - alpha``).
+        gamma: Focal exponent.
+
+    Returns:
+        Scalar loss; exactly 0 if every pixel is ignored.
+    """
+    _check_shapes(logits, target)
+    valid = target != ignore_index
+    if not bool(valid.any()):
+        return _zero(logits)
+    num_classes = logits.shape[1]
+    # fp32 whatever the autocast dtype: log-sigmoid and large sums are fragile in half precision.
+    logits32 = logits.float()
+
+    pixel_logits = logits32.permute(0, 2, 3, 1)[valid]  # (N_valid, K)
+    pixel_masks = F.one_hot(target[valid].long(), num_classes).float()
+    focal = sigmoid_focal_loss(pixel_logits, pixel_masks, alpha=alpha, gamma=gamma, reduction="sum")
+    focal = focal / pixel_logits.numel()
+
+    weight = valid.unsqueeze(1).float()  # (B, 1, H, W)
+    probs = logits32.sigmoid() * weight
+    masks = F.one_hot(target.masked_fill(~valid, 0).long(), num_classes).permute(0, 3, 1, 2) * weight
+    inter = (probs * masks).sum(dim=(2, 3))
+    dice = 1.0 - (2.0 * inter + DICE_SMOOTH) / (probs.sum(dim=(2, 3)) + masks.sum(dim=(2, 3)) + DICE_SMOOTH)
+    has_valid = valid.flatten(1).any(dim=1)
+    dice = dice.mean(dim=1)[has_valid].mean()
+
+    return focal_weight * focal + dice_weight * dice
+
+
+def ce_loss(logits: Tensor, target: Tensor, ignore_index: int = 255) -> Tensor:
+    """Pixel-wise cross-entropy averaged over valid pixels; exactly 0 if every pixel is ignored.
+
+    (``F.cross_entropy`` alone returns NaN there: a mean over zero pixels.)
+    """
+    _check_shapes(logits, target)
+    if not bool((target != ignore_index).any()):
+        return _zero(logits)
+    return F.cross_entropy(logits.float(), target.long(), ignore_index=ignore_index)
+
+
+def naive_align_loss(pairs: list[tuple[Tensor, Tensor]]) -> Tensor:
+    """Paper Eq. (1): ``sum_i MSE(x_i, x_z)`` over the auxiliary layers.
+
+    The target is detached here as well (the model already passes ``x_z.detach()``), so that the
+    final layer is never pulled towards the intermediate ones even if a caller forgets.
+
+    Args:
+        pairs: ``(x_i, x_z)`` feature pairs of equal shape.
+    """
+    if not pairs:
+        raise ValueError("naive_align_loss needs at least one (x_i, x_z) pair")
+    return torch.stack([F.mse_loss(x.float(), z.detach().float()) for x, z in pairs]).sum()
+
+
+class SegmentationLoss(nn.Module):
+    """Total training loss of a VPNeXt forward pass (DESIGN.md, Secs. 1.4 and 1.7).
+
+    ``loss = main + aux_weight * sum_i aux_i + align_weight * align``, where ``main`` and every
+    ``aux_i`` use the same per-pixel loss (``deep_supervision`` / ``vcr`` logits) and ``align`` is
+    :func:`naive_align_loss` (``naive_align`` feature pairs).
+
+    Args:
+        loss: ``"mask"`` (focal + dice, the paper's choice) or ``"ce"`` (cross-entropy).
+        aux_weight: Weight of each auxiliary logit map's loss (0.4, as for the usual aux heads).
+        align_weight: Weight of the naive-align MSE.
+        focal_weight: Focal weight of the mask loss (ignored for ``"ce"``).
+        dice_weight: Dice weight of the mask loss (ignored for ``"ce"``).
+        ignore_index: Label of pixels to leave out.
+    """
+
+    def __init__(
+        self,
+        loss: Literal["mask", "ce"] = "mask",
+        aux_weight: float = 0.4,
+        align_weight: float = 1.0,
+        focal_weight: float = FOCAL_WEIGHT,
+        dice_weight: float = DICE_WEIGHT,
+        ignore_index: int = 255,
+    ) -> None:
+        super().__init__()
+        if loss == "mask":
+            self.pixel_loss = partial(
+                mask_loss, ignore_index=ignore_index, focal_weight=focal_weight, dice_weight=dice_weight
+            )
+        elif loss == "ce":
+            self.pixel_loss = partial(ce_loss, ignore_index=ignore_index)
+        else:
+            raise ValueError(f"loss must be 'mask' or 'ce', got {loss!r}")
+        self.loss = loss
+        self.aux_weight = aux_weight
+        self.align_weight = align_weight
+
+    def forward(self, output: VPNeXtOutput | Tensor, target: Tensor) -> dict[str, Tensor]:
+        """Compute every term.
+
+        Args:
+            output: The model's training output, or bare main logits (B, K, H, W).
+            target: (B, H, W) labels.
+
+        Returns:
+            ``"loss"`` (weighted total, to backpropagate), ``"main"``, one unweighted ``"aux_<i>"``
+            per auxiliary logit map and ``"align"`` (unweighted) if there are align pairs.
+        """
+        if isinstance(output, Tensor):
+            output = VPNeXtOutput(logits=output)
+        terms = {"main": self.pixel_loss(output.logits, target)}
+        total = terms["main"]
+        for i, aux in enumerate(output.aux_logits):
+            terms[f"aux_{i}"] = self.pixel_loss(aux, target)
+            total = total + self.aux_weight * terms[f"aux_{i}"]
+        if output.align_pairs:
+            terms["align"] = naive_align_loss(output.align_pairs)
+            total = total + self.align_weight * terms["align"]
+        return {"loss": total, **terms}

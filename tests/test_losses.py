@@ -1,0 +1,144 @@
+"""Losses against hand-computed values, ignore handling and the weighted total."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vpnext.losses import SegmentationLoss, ce_loss, mask_loss, naive_align_loss
+from vpnext.models.outputs import VPNeXtOutput
+
+# One image, 2 classes, 2x2 pixels; the bottom-right pixel is ignored.
+LOGITS = torch.tensor([[[[2.0, -1.0], [0.5, 3.0]], [[-1.0, 1.5], [0.0, -2.0]]]])
+TARGET = torch.tensor([[[0, 1], [1, 255]]])
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def _focal_term(x: float, t: int, alpha: float = 0.25, gamma: float = 2.0) -> float:
+    p = _sigmoid(x)
+    bce = -math.log(p) if t else -math.log(1.0 - p)
+    p_t = p if t else 1.0 - p
+    alpha_t = alpha if t else 1.0 - alpha
+    return alpha_t * bce * (1.0 - p_t) ** gamma
+
+
+def test_mask_loss_matches_hand_computation() -> None:
+    # Valid pixels (logit class 0, logit class 1, label): (2, -1, 0), (-1, 1.5, 1), (0.5, 0, 1).
+    focal = (
+        _focal_term(2.0, 1)
+        + _focal_term(-1.0, 0)
+        + _focal_term(-1.0, 0)
+        + _focal_term(1.5, 1)
+        + _focal_term(0.5, 0)
+        + _focal_term(0.0, 1)
+    ) / 6  # 3 valid pixels x 2 classes
+    p0 = [_sigmoid(2.0), _sigmoid(-1.0), _sigmoid(0.5)]
+    p1 = [_sigmoid(-1.0), _sigmoid(1.5), _sigmoid(0.0)]
+    dice0 = 1 - (2 * p0[0] + 1) / (sum(p0) + 1 + 1)
+    dice1 = 1 - (2 * (p1[1] + p1[2]) + 1) / (sum(p1) + 2 + 1)
+    dice = (dice0 + dice1) / 2
+
+    got_focal = mask_loss(LOGITS, TARGET, focal_weight=1.0, dice_weight=0.0)
+    got_dice = mask_loss(LOGITS, TARGET, focal_weight=0.0, dice_weight=1.0)
+    got = mask_loss(LOGITS, TARGET, focal_weight=20.0, dice_weight=1.0)
+    assert got_focal.item() == pytest.approx(focal, rel=1e-6)
+    assert got_dice.item() == pytest.approx(dice, rel=1e-6)
+    assert got.item() == pytest.approx(20 * focal + dice, rel=1e-6)
+    # The defaults are the documented MaskFormer weights.
+    assert mask_loss(LOGITS, TARGET).item() == pytest.approx(20 * focal + dice, rel=1e-6)
+
+
+@pytest.mark.parametrize("loss_fn", [mask_loss, ce_loss])
+def test_ignored_pixels_change_nothing(loss_fn) -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(2, 3, 5, 6)
+    target = torch.randint(0, 3, (2, 5, 6))
+    target[0, :2] = 255
+    target[1, :, 4:] = 255
+    ignored = (target == 255).unsqueeze(1).expand_as(logits)
+    changed = logits.clone()
+    changed[ignored] = torch.randn(int(ignored.sum())) * 10
+    assert torch.equal(loss_fn(logits, target), loss_fn(changed, target))
+
+    leaf = logits.clone().requires_grad_()
+    loss_fn(leaf, target).backward()
+    assert leaf.grad[ignored].abs().max() == 0
+    assert leaf.grad[~ignored].abs().max() > 0
+
+
+@pytest.mark.parametrize("loss_fn", [mask_loss, ce_loss])
+def test_all_ignored_gives_differentiable_zero(loss_fn) -> None:
+    logits = torch.randn(2, 3, 4, 4, requires_grad=True)
+    target = torch.full((2, 4, 4), 255)
+    loss = loss_fn(logits, target)
+    assert loss.item() == 0.0
+    loss.backward()
+    assert torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+def test_dice_is_per_image_and_skips_fully_ignored_images() -> None:
+    torch.manual_seed(1)
+    logits = torch.randn(3, 4, 6, 6)
+    target = torch.randint(0, 4, (3, 6, 6))
+    target[2] = 255
+    dice = lambda lg, tg: mask_loss(lg, tg, focal_weight=0.0, dice_weight=1.0)  # noqa: E731
+    per_image = [dice(logits[i : i + 1], target[i : i + 1]) for i in range(2)]
+    assert dice(logits, target).item() == pytest.approx(sum(per_image).item() / 2, rel=1e-6)
+
+
+def test_ce_matches_torch_cross_entropy() -> None:
+    torch.manual_seed(2)
+    logits = torch.randn(2, 5, 7, 3)
+    target = torch.randint(0, 5, (2, 7, 3))
+    target[:, 0] = 255
+    assert torch.equal(ce_loss(logits, target), F.cross_entropy(logits, target, ignore_index=255))
+
+
+def test_naive_align_is_sum_of_mse_and_does_not_train_the_target() -> None:
+    x_a, x_b = torch.ones(1, 2, 2, 2, requires_grad=True), torch.zeros(1, 2, 2, 2, requires_grad=True)
+    z = torch.full((1, 2, 2, 2), 3.0, requires_grad=True)
+    loss = naive_align_loss([(x_a, z), (x_b, z)])
+    assert loss.item() == pytest.approx((3 - 1) ** 2 + (3 - 0) ** 2)
+    loss.backward()
+    assert z.grad is None
+    assert x_a.grad is not None and x_a.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("kind", ["mask", "ce"])
+def test_total_is_main_plus_weighted_aux_and_align(kind: str) -> None:
+    torch.manual_seed(3)
+    target = torch.randint(0, 4, (2, 8, 8))
+    output = VPNeXtOutput(
+        logits=torch.randn(2, 4, 8, 8),
+        aux_logits=[torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)],
+        align_pairs=[(torch.randn(2, 6, 2, 2), torch.randn(2, 6, 2, 2))],
+    )
+    criterion = SegmentationLoss(loss=kind, aux_weight=0.3, align_weight=2.0)
+    terms = criterion(output, target)
+    assert set(terms) == {"loss", "main", "aux_0", "aux_1", "align"}
+
+    pixel = mask_loss if kind == "mask" else ce_loss
+    assert torch.equal(terms["main"], pixel(output.logits, target))
+    assert torch.equal(terms["aux_1"], pixel(output.aux_logits[1], target))
+    assert torch.equal(terms["align"], naive_align_loss(output.align_pairs))
+    expected = terms["main"] + 0.3 * (terms["aux_0"] + terms["aux_1"]) + 2.0 * terms["align"]
+    assert terms["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_bare_logits_give_only_main() -> None:
+    logits = torch.randn(1, 3, 4, 4)
+    target = torch.randint(0, 3, (1, 4, 4))
+    terms = SegmentationLoss()(logits, target)
+    assert set(terms) == {"loss", "main"}
+    assert torch.equal(terms["loss"], mask_loss(logits, target))
+
+
+def test_mismatched_resolution_is_an_error() -> None:
+    with pytest.raises(ValueError, match="label resolution"):
+        mask_loss(torch.randn(1, 3, 4, 4), torch.zeros(1, 8, 8, dtype=torch.long))
