@@ -178,7 +178,7 @@ class VPNeXt(nn.Module):
         return output
 
     def no_weight_decay(self) -> set[str]:
-        """Parameter names exempt from weight decay besides 1-D tensors (pos/cls/reg tokens, class embeddings)."""
+        """Names exempt from weight decay besides 1-D tensors: pos/cls/reg tokens, class embeddings."""
         names = {f"backbone.{n}" for n in self.backbone.no_weight_decay()}
         if isinstance(self.head, MaskTransformerHead):
             names |= {f"head.{n}" for n in self.head.no_weight_decay()}

@@ -1,0 +1,292 @@
+"""``SegDataModule``: any registered dataset behind one LightningDataModule.
+
+Train batches are ``crop_size`` crops from :func:`build_train_transform`. Val/test samples apply
+only the dataset's test resize (if any) and normalisation to the image and keep the label at its
+original resolution; the evaluation code runs the sliding window (``slide_crop``/``slide_stride``)
+and scores against the original label. Batches of different sizes are padded by
+:func:`seg_collate` (image 0, label 255); with ``val_batch_size=1`` nothing is padded.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+
+from vpnext.data.base import CheckLevel, SegmentationDataset, seg_collate
+from vpnext.data.catalog import IGNORE_INDEX, DatasetSpec, get_dataset_spec
+from vpnext.data.classes import RGB
+from vpnext.data.datasets import DATASET_CLASSES, ImageFolderDataset
+from vpnext.data.errors import DatasetError
+from vpnext.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_eval_transform, build_train_transform
+
+
+def _rank() -> int:
+    # Workers are forked after DDP starts, so the launcher's environment names the rank.
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)))
+
+
+def _reseed_transform(dataset: Dataset, seed: int) -> None:
+    transform = getattr(dataset, "transform", None)
+    if transform is not None and hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(seed)
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: give each worker its own augmentation stream.
+
+    Albumentations keeps its own random state inside the pipeline, which forked workers would
+    otherwise all inherit unchanged (identical crops in every worker). ``torch.initial_seed()``
+    differs per worker and per epoch and follows ``seed_everything``; the rank is mixed in so DDP
+    ranks differ too.
+    """
+    info = get_worker_info()
+    seed = (torch.initial_seed() + 1_000_003 * _rank()) % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+    if info is not None:
+        _reseed_transform(info.dataset, seed)
+
+
+def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        return (size, size)
+    if len(size) != 2:
+        raise ValueError(f"expected an int or (height, width), got {size!r}")
+    return (int(size[0]), int(size[1]))
+
+
+class SegDataModule(L.LightningDataModule):
+    """Semantic-segmentation data for any dataset in :data:`vpnext.data.catalog.DATASETS`.
+
+    Args:
+        dataset: Registry name: ``pascal_context``, ``coco_stuff``, ``cityscapes``, ``voc_aug``,
+            ``ade20k``, ``camvid``, ``folder`` or ``synthetic``.
+        root: Dataset root (see docs/datasets.md for each layout). For ``synthetic`` the cache
+            folder to generate into (``None``: the default cache); required otherwise.
+        train_split: Training split; ``None`` uses the dataset default (e.g. ``trainaug`` for VOC).
+        val_split: Validation split; ``None`` uses the dataset default.
+        test_split: Test split; ``None`` uses the dataset default (val for all but held-out data).
+        crop_size: Training crop, an int or ``(height, width)``; ``None`` uses the dataset default.
+        train_scale: Base ``(long, short)`` scale of the random rescale; ``None`` uses the dataset
+            default.
+        ratio_range: Random rescale range relative to ``train_scale``.
+        cat_max_ratio: Largest share of one class in a training crop (1.0 disables re-drawing).
+        photometric: Apply photometric distortion during training.
+        test_scale: Keep-ratio ``(long, short)`` resize of val/test/predict images; ``None`` uses
+            the dataset default.
+        test_resize: If False, val/test/predict images keep their native size.
+        slide_crop: Sliding-window size for single-scale testing, an int or ``(h, w)`` (read by
+            the evaluation); ``None`` uses the dataset default.
+        slide_stride: Sliding-window stride; ``None`` uses the dataset default.
+        keep_original_label: Val/test labels at the original resolution (not resized with the
+            image); turn off only if the evaluation expects labels at the resized image size.
+        mean: Normalisation mean, fractions of 255 (ImageNet by default).
+        std: Normalisation std, fractions of 255 (ImageNet by default).
+        batch_size: Training batch size (per device).
+        val_batch_size: Val/test/predict batch size; >1 pads samples to a common size.
+        num_workers: DataLoader worker processes.
+        pin_memory: Pin host memory (only when CUDA is available).
+        persistent_workers: Keep workers alive between epochs (when ``num_workers > 0``).
+        check_files: Up-front scan of every split in ``setup``: ``"headers"`` (cheap: existence,
+            readability, sizes, label mode), ``"decode"`` (also decodes every file and checks label
+            values) or ``"none"``.
+        predict_dir: Folder of images for ``predict``; ``None`` predicts on the val split.
+        synthetic_kwargs: Keyword arguments of ``ensure_synthetic`` (``num_train``, ``num_val``,
+            ``image_size``, ``seed``, ``ignore_band``) for ``dataset="synthetic"``.
+    """
+
+    def __init__(
+        self,
+        dataset: str = "synthetic",
+        root: str | None = None,
+        train_split: str | None = None,
+        val_split: str | None = None,
+        test_split: str | None = None,
+        crop_size: int | tuple[int, int] | None = None,
+        train_scale: tuple[int, int] | None = None,
+        ratio_range: tuple[float, float] = (0.5, 2.0),
+        cat_max_ratio: float = 0.75,
+        photometric: bool = True,
+        test_scale: tuple[int, int] | None = None,
+        test_resize: bool = True,
+        slide_crop: int | tuple[int, int] | None = None,
+        slide_stride: int | tuple[int, int] | None = None,
+        keep_original_label: bool = True,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+        batch_size: int = 8,
+        val_batch_size: int = 1,
+        num_workers: int = 4,
+        pin_memory: bool = True,
+        persistent_workers: bool = True,
+        check_files: CheckLevel = "headers",
+        predict_dir: str | None = None,
+        synthetic_kwargs: dict[str, int] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if dataset not in DATASET_CLASSES:
+            raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(sorted(DATASET_CLASSES))}")
+        if dataset not in ("synthetic",) and root is None:
+            raise ValueError(f"dataset {dataset!r} needs a root folder (see docs/datasets.md)")
+        if dataset == "folder" and root is not None and not Path(root).is_dir():
+            raise DatasetError(f"{root}: dataset root of 'folder' does not exist")
+        self.dataset_name = dataset
+        # For folder datasets the classes come from meta.json, so they are known right away and
+        # LightningCLI can link num_classes to the model at instantiation.
+        self.spec: DatasetSpec = get_dataset_spec(dataset, root if dataset == "folder" else None)
+        self._root: Path | None = None if dataset == "synthetic" else Path(root)  # type: ignore[arg-type]
+        self._crop_size = _pair(crop_size) if crop_size is not None else self.spec.crop_size
+        self._train_scale = tuple(train_scale) if train_scale is not None else self.spec.train_scale
+        scale = tuple(test_scale) if test_scale is not None else self.spec.test_scale
+        self._test_scale = scale if test_resize else None
+        self._slide_crop = _pair(slide_crop) if slide_crop is not None else self.spec.slide_crop
+        self._slide_stride = _pair(slide_stride) if slide_stride is not None else self.spec.slide_stride
+        self.train_set: SegmentationDataset | None = None
+        self.val_set: SegmentationDataset | None = None
+        self.test_set: SegmentationDataset | None = None
+        self.predict_set: SegmentationDataset | None = None
+
+    # ---- what the model and the evaluation need to know -------------------------------------
+    @property
+    def num_classes(self) -> int:
+        """Number of evaluated classes."""
+        return self.spec.num_classes
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """Class names in train-id order."""
+        return self.spec.class_names
+
+    @property
+    def palette(self) -> tuple[RGB, ...]:
+        """One RGB colour per class."""
+        return self.spec.palette
+
+    @property
+    def ignore_index(self) -> int:
+        """Label value excluded from loss and metrics (255)."""
+        return IGNORE_INDEX
+
+    @property
+    def crop_size(self) -> tuple[int, int]:
+        """Training crop ``(height, width)``."""
+        return self._crop_size
+
+    @property
+    def test_scale(self) -> tuple[int, int] | None:
+        """Keep-ratio ``(long, short)`` resize applied to val/test images (``None``: native)."""
+        return self._test_scale  # type: ignore[return-value]
+
+    @property
+    def slide_crop(self) -> tuple[int, int] | None:
+        """Sliding-window size for single-scale testing (``None``: whole image)."""
+        return self._slide_crop
+
+    @property
+    def slide_stride(self) -> tuple[int, int] | None:
+        """Sliding-window stride for single-scale testing."""
+        return self._slide_stride
+
+    @property
+    def root(self) -> Path | None:
+        """Dataset root (for ``synthetic`` known after ``prepare_data``/``setup``)."""
+        return self._root
+
+    # ---- Lightning hooks ------------------------------------------------------------------------
+    def _ensure_root(self) -> Path:
+        if self._root is None:
+            from vpnext.data.synthetic import ensure_synthetic  # generation is only needed here
+
+            self._root = ensure_synthetic(self.hparams.root, **(self.hparams.synthetic_kwargs or {}))
+        return self._root
+
+    def prepare_data(self) -> None:
+        """Generate the synthetic dataset once (rank 0) before ``setup`` runs on every rank."""
+        if self.dataset_name == "synthetic":
+            self._ensure_root()
+
+    def _make(self, split: str, train: bool) -> SegmentationDataset:
+        hp = self.hparams
+        if train:
+            transform = build_train_transform(
+                self._crop_size,
+                self._train_scale,  # type: ignore[arg-type]
+                ratio_range=tuple(hp.ratio_range),
+                cat_max_ratio=hp.cat_max_ratio,
+                photometric=hp.photometric,
+                mean=tuple(hp.mean),
+                std=tuple(hp.std),
+                # Follows seed_everything for num_workers=0; workers reseed in seed_worker.
+                seed=int(torch.randint(0, 2**31 - 1, ()).item()) + _rank(),
+            )
+        else:
+            transform = build_eval_transform(self._test_scale, mean=tuple(hp.mean), std=tuple(hp.std))  # type: ignore[arg-type]
+        cls = DATASET_CLASSES[self.dataset_name]
+        return cls(  # type: ignore[call-arg]
+            self._ensure_root(),
+            split,
+            transform,
+            keep_original_label=(not train) and hp.keep_original_label,
+            check_files=hp.check_files,
+            spec=self.spec,
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        """Build (and scan, see ``check_files``) the datasets the stage needs.
+
+        Args:
+            stage: ``fit``, ``validate``, ``test``, ``predict`` or ``None`` for all.
+        """
+        hp = self.hparams
+        if stage in ("fit", None) and self.train_set is None:
+            self.train_set = self._make(hp.train_split or self.spec.train_split, train=True)
+        if stage in ("fit", "validate", None) and self.val_set is None:
+            self.val_set = self._make(hp.val_split or self.spec.val_split, train=False)
+        if stage in ("test", None) and self.test_set is None:
+            self.test_set = self._make(hp.test_split or self.spec.test_split, train=False)
+        if stage in ("predict", None) and self.predict_set is None:
+            if hp.predict_dir is not None:
+                transform = build_eval_transform(self._test_scale, mean=tuple(hp.mean), std=tuple(hp.std))  # type: ignore[arg-type]
+                self.predict_set = ImageFolderDataset(hp.predict_dir, self.spec, transform)
+            else:
+                self.predict_set = self._make(hp.val_split or self.spec.val_split, train=False)
+
+    def _loader(self, dataset: SegmentationDataset | None, batch_size: int, train: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError("call setup() with the matching stage before asking for a dataloader")
+        workers = self.hparams.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=train,
+            # Never drop the only (partial) batch of a dataset smaller than the batch size.
+            drop_last=train and len(dataset) >= batch_size,
+            num_workers=workers,
+            pin_memory=self.hparams.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.hparams.persistent_workers and workers > 0,
+            collate_fn=seg_collate,
+            worker_init_fn=seed_worker if workers > 0 else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training crops, ``batch_size`` per step."""
+        return self._loader(self.train_set, self.hparams.batch_size, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation samples in list order (image resized per ``test_scale``, original label)."""
+        return self._loader(self.val_set, self.hparams.val_batch_size, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        """Test samples, same format as validation."""
+        return self._loader(self.test_set, self.hparams.val_batch_size, train=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        """Images of ``predict_dir`` (no labels) or the val split."""
+        return self._loader(self.predict_set, self.hparams.val_batch_size, train=False)
