@@ -1,0 +1,455 @@
+"""The ``vpnext`` command: LightningCLI subcommands plus a small registry of extra tools.
+
+``vpnext fit|validate|test|predict`` run :class:`~vpnext.training.SegmentationModule` on
+:class:`~vpnext.data.SegDataModule` (synthetic data by default) through LightningCLI, so every
+constructor argument is a ``--model.*``/``--data.*``/``--trainer.*`` option or a YAML key.
+
+Any other first word(s) listed in :data:`EXTRA_COMMANDS` run a tool's own ``main(argv)`` instead
+(imported only when called, so one tool's imports or import errors never affect the others). To
+add a command, add ``"name": "package.module:function"`` (the function takes the remaining
+arguments as a list and returns an exit code) and document it in ``docs/training.md``.
+
+Every run writes into its own directory (see :func:`resolve_run_dir`); errors a user can fix
+(bad config keys or values, missing files) end the process with one ``vpnext: error:`` line and a
+non-zero exit code. ``--debug`` or ``VPNEXT_DEBUG=1`` shows the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import os
+import sys
+import warnings
+from argparse import ArgumentError
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from jsonargparse import Namespace
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+
+from vpnext.data import SegDataModule
+from vpnext.training import (
+    MODEL_ARGS,
+    LastCheckpoint,
+    PredictionWriter,
+    ResultsWriter,
+    SegmentationModule,
+)
+
+#: Extra commands: space-separated command words -> ``"module:function"``; the function gets the
+#: arguments after the command words and returns an exit code.
+EXTRA_COMMANDS: dict[str, str] = {
+    "data prepare": "vpnext.data.prepare:main",
+    "flops": "vpnext.tools.flops_cmd:main",
+    "benchmark": "vpnext.tools.benchmark:main",
+}
+
+#: Environment variable through which the launching process hands its run directory to the
+#: processes Lightning starts for the other DDP ranks (they re-run the same command line).
+RUN_DIR_ENV = "_VPNEXT_RUN_DIR"
+DEBUG_ENV = "VPNEXT_DEBUG"
+#: Model arguments a checkpoint fixes (they shape the weights); ``num_classes`` and ``img_size``
+#: come from the data through the links.
+ARCHITECTURE_ARGS = tuple(a for a in MODEL_ARGS if a not in ("num_classes", "img_size", "pretrained"))
+#: Checkpoint path keywords Lightning resolves itself (not files).
+_CKPT_KEYWORDS = {"best", "last", "hpc", "registry"}
+
+
+@dataclass
+class RunOptions:
+    """Where a run writes its outputs.
+
+    Args:
+        root: Folder holding every experiment's runs.
+        name: Experiment name; default: the stem of the first ``--config`` file, else ``default``.
+        dir: Exact run directory (must be new or empty); default
+            ``<root>/<name>/<YYYYmmdd-HHMMSS>_<subcommand>``.
+    """
+
+    root: str = "runs"
+    name: str | None = None
+    dir: str | None = None
+
+
+class UserError(Exception):
+    """A problem with the command line, a config or a file that the user can fix."""
+
+
+def _global_rank_from_env() -> int:
+    for key in ("RANK", "SLURM_PROCID"):
+        if key in os.environ:
+            return int(os.environ[key])
+    return 0
+
+
+def _launcher_version(subcommand: str) -> str | None:
+    """A run version all ranks agree on when an external launcher starts every rank itself."""
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    if run_id and run_id != "none":
+        return f"torchrun-{run_id}_{subcommand}"
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in os.environ:
+        return f"slurm-{os.environ['SLURM_JOB_ID']}_{subcommand}"
+    return None
+
+
+def experiment_name(options: RunOptions, config_files: Sequence[Any] | None) -> str:
+    """The experiment name: ``run.name``, else the first config file's stem, else ``default``."""
+    if options.name:
+        return options.name
+    for item in config_files or []:
+        path = getattr(item, "absolute", None) or getattr(item, "relative", None) or item
+        try:
+            return Path(str(path)).stem
+        except TypeError:  # config given as an inline string, not a file
+            continue
+    return "default"
+
+
+def resolve_run_dir(options: RunOptions, name: str, subcommand: str) -> Path:
+    """Pick (and on global rank 0 create) the run directory; never reuse another run's files.
+
+    * A process started by Lightning for another DDP rank takes the directory of the process
+      that launched it (inherited through the environment).
+    * With ``run.dir`` that directory is used; on rank 0 it must not hold files.
+    * Otherwise ``<root>/<name>/<timestamp>_<subcommand>`` (``-1``, ``-2``… appended if taken),
+      or a job-id version under torchrun/SLURM multi-process jobs, where every rank computes it.
+
+    Raises:
+        UserError: An explicit ``run.dir`` that already holds files.
+    """
+    inherited = os.environ.get(RUN_DIR_ENV)
+    if inherited:
+        return Path(inherited)
+    rank = _global_rank_from_env()
+    if options.dir:
+        run_dir = Path(options.dir)
+    else:
+        version = _launcher_version(subcommand)
+        if version is None:
+            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+            return _new_dir(Path(options.root) / name, f"{stamp}_{subcommand}")
+        run_dir = Path(options.root) / name / version
+    if rank == 0 and run_dir.is_dir() and any(run_dir.iterdir()):
+        raise UserError(
+            f"run.dir: {run_dir} already holds files of another run; pass a new --run.dir "
+            "(or remove the old one)"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def _new_dir(parent: Path, base: str) -> Path:
+    parent.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1000):
+        candidate = parent / (base if attempt == 0 else f"{base}-{attempt}")
+        try:
+            candidate.mkdir()  # atomic: two runs started in the same second get different folders
+        except FileExistsError:
+            continue
+        return candidate
+    raise UserError(f"run.dir: could not create a new run folder under {parent}")
+
+
+class RunConfigCallback(SaveConfigCallback):
+    """Saves the parsed configuration as ``<run dir>/config.yaml``.
+
+    The run directory (``trainer.default_root_dir``) is fresh for every run, so the file never
+    overwrites another run's, whichever logger comes first.
+    """
+
+    def __init__(self, parser: LightningArgumentParser, config: Namespace, **kwargs: Any) -> None:
+        kwargs["save_to_log_dir"] = False
+        super().__init__(parser, config, **kwargs)
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        path = Path(trainer.default_root_dir) / self.config_filename
+        if path.exists() and not self.overwrite:
+            raise UserError(f"{path} already exists; every run needs its own run.dir")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.parser.save(
+            self.config, str(path), skip_none=False, overwrite=self.overwrite, multifile=self.multifile
+        )
+
+
+class VPNeXtCLI(LightningCLI):
+    """LightningCLI for :class:`SegmentationModule` on :class:`SegDataModule`, one directory per run.
+
+    ``data.num_classes`` and ``data.crop_size`` are linked to ``model.num_classes`` and
+    ``model.img_size``; a fixed data-module class keeps dataset options flat (``--data.dataset``).
+
+    Args:
+        args: Command-line arguments (without the program name); ``None`` reads ``sys.argv``.
+        epilog: Text shown at the end of ``--help``.
+    """
+
+    def __init__(self, args: list[str] | None = None, epilog: str | None = None) -> None:
+        super().__init__(
+            model_class=SegmentationModule,
+            datamodule_class=SegDataModule,
+            save_config_callback=RunConfigCallback,
+            trainer_defaults={"logger": _default_loggers()},
+            seed_everything_default=0,
+            parser_kwargs=_parser_kwargs(epilog),
+            auto_configure_optimizers=False,
+            args=args,
+        )
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        # Before seeding and logging start, so that a wrong path is the only line printed.
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            config = self.config[subcommand]
+            _check_inputs(config)
+            config.run.name = experiment_name(config.run, config.get("config"))
+            self.run_dir = resolve_run_dir(config.run, config.run.name, subcommand)
+            os.environ[RUN_DIR_ENV] = str(self.run_dir)
+
+    def _parse_ckpt_path(self) -> None:
+        """Take the network's architecture from ``ckpt_path``, and nothing else.
+
+        Lightning's default replaces *every* model argument with the checkpoint's, which would
+        silently drop e.g. ``vpnext validate --ckpt_path X --model.eval_mode=ms_flip``. Here the
+        checkpoint only fixes the arguments that shape the weights; evaluation, loss and optimiser
+        arguments stay as configured. ``pretrained`` is switched off: the weights come from the
+        checkpoint, so the original backbone file or a download is not needed.
+        """
+        subcommand = self.config.get("subcommand")
+        ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
+        self.ckpt_num_classes = None
+        if not ckpt or not Path(str(ckpt)).is_file():
+            return
+        checkpoint = torch.load(str(ckpt), map_location="cpu", weights_only=True, mmap=True)
+        hparams = checkpoint.get("hyper_parameters", {})
+        self.ckpt_num_classes = hparams.get("num_classes")
+        architecture = {k: hparams[k] for k in ARCHITECTURE_ARGS if k in hparams}
+        architecture["pretrained"] = False
+        self.config = self.parser.parse_object({subcommand: {"model": architecture}}, self.config)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_class_arguments(RunOptions, "run")
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.crop_size", "model.img_size", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        subcommand = str(self.subcommand)
+        config = self.config[subcommand]
+        run_dir, name = self.run_dir, config.run.name
+        # The saved config names the experiment, not the folder, so rerunning it starts a new run.
+        config.run.dir = None
+        config.trainer.default_root_dir = str(run_dir)
+        config.trainer.logger = _place_loggers(config.trainer.logger, run_dir, name)
+        ckpt = config.get("ckpt_path")
+        # Outside fit nothing is saved; pointing the checkpoint callbacks at the folder the
+        # checkpoint came from lets Lightning restore their state without a "dirpath changed" warning.
+        ckpt_dir = (
+            Path(str(ckpt)).parent if subcommand != "fit" and ckpt and Path(str(ckpt)).is_file() else None
+        )
+        self.trainer_defaults["callbacks"] = _run_callbacks(run_dir, name, subcommand, ckpt_dir)
+
+    def after_instantiate_classes(self) -> None:
+        data_classes = getattr(self.datamodule, "num_classes", None)
+        if self.ckpt_num_classes is not None and data_classes != self.ckpt_num_classes:
+            ckpt = self.config[str(self.subcommand)].ckpt_path
+            raise UserError(
+                f"ckpt_path: {ckpt} was trained for {self.ckpt_num_classes} classes, but the data "
+                f"({self.datamodule.dataset_name!r}) has {data_classes}"
+            )
+
+
+def _parser_kwargs(epilog: str | None) -> dict[str, Any]:
+    # exit_on_error=False: parse errors raise, and main() prints them as one line without the
+    # hundred-line usage block.
+    common = {"exit_on_error": False}
+    kwargs: dict[str, Any] = {"prog": "vpnext", **common}
+    if epilog:
+        kwargs["epilog"] = epilog
+    for subcommand in LightningCLI.subcommands():
+        kwargs[subcommand] = dict(common)
+    return kwargs
+
+
+def _default_loggers() -> list[dict[str, Any]]:
+    """CSV always; TensorBoard when installed. Their folders are set per run."""
+    loggers = [{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "."}}]
+    if any(importlib.util.find_spec(m) is not None for m in ("tensorboard", "tensorboardX")):
+        loggers.append(
+            {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "."}}
+        )
+    return loggers
+
+
+def _check_inputs(config: Namespace) -> None:
+    """Fail before any folder is created for files that must exist."""
+    ckpt = config.get("ckpt_path")
+    if ckpt and str(ckpt) not in _CKPT_KEYWORDS and not Path(str(ckpt)).is_file():
+        raise UserError(f"ckpt_path: checkpoint file not found: {ckpt}")
+    data = config.data
+    if data.dataset != "synthetic" and data.root and not Path(data.root).is_dir():
+        raise UserError(f"data.root: dataset root of {data.dataset!r} not found: {data.root}")
+
+
+def _place_loggers(loggers: Any, run_dir: Path, name: str) -> Any:
+    """Point every configured logger into ``run_dir`` (CSV at its top, TensorBoard in a subfolder)."""
+    if loggers is False or loggers is None:
+        return loggers
+    if loggers is True:
+        loggers = [Namespace(class_path="lightning.pytorch.loggers.CSVLogger", init_args=Namespace())]
+    items = loggers if isinstance(loggers, list) else [loggers]
+    for item in items:
+        if not isinstance(item, Namespace) or "class_path" not in item:
+            continue
+        init = item.get("init_args") or Namespace()
+        kind = item.class_path.rsplit(".", 1)[-1]
+        if kind == "CSVLogger":
+            init.save_dir, init.name, init.version = str(run_dir), "", ""
+        elif kind == "TensorBoardLogger":
+            init.save_dir, init.name, init.version = str(run_dir), "tensorboard", ""
+        elif kind == "WandbLogger":
+            init.save_dir = str(run_dir)
+            init.name = init.get("name") or f"{name}/{run_dir.name}"
+        elif "save_dir" in init:
+            init.save_dir = str(run_dir)
+        item.init_args = init
+    # CSV first: it warns (and deletes metrics.csv) if another logger has already written into the
+    # run directory when it starts.
+    return sorted(items, key=lambda item: getattr(item, "class_path", "").rsplit(".", 1)[-1] != "CSVLogger")
+
+
+def _run_callbacks(run_dir: Path, name: str, subcommand: str, ckpt_dir: Path | None = None) -> list[Callback]:
+    """Callbacks every run has: checkpoints (best by val/mIoU, latest), lr log, results, predictions.
+
+    Args:
+        run_dir: The run directory.
+        name: Experiment name.
+        subcommand: ``fit``, ``validate``, ``test`` or ``predict``.
+        ckpt_dir: Checkpoint folder to use instead of ``<run_dir>/checkpoints``.
+    """
+    ckpt_dir = ckpt_dir or run_dir / "checkpoints"
+    callbacks: list[Callback] = [
+        ResultsWriter(dirpath=str(run_dir), config_path=str(run_dir / "config.yaml"), experiment=name)
+    ]
+    # Every subcommand gets the checkpoint callback: validating a fit checkpoint without it makes
+    # Lightning warn that the callbacks that wrote the checkpoint are missing.
+    callbacks += [
+        ModelCheckpoint(
+            dirpath=str(ckpt_dir),
+            filename="best",
+            monitor="val/mIoU",
+            mode="max",
+            save_top_k=1,
+            auto_insert_metric_name=False,
+        ),
+        LastCheckpoint(str(ckpt_dir)),
+    ]
+    if subcommand == "fit":
+        callbacks.append(LearningRateMonitor(logging_interval="step"))
+    if subcommand == "predict":
+        callbacks.append(PredictionWriter(str(run_dir / "predictions")))
+    return callbacks
+
+
+def _load(target: str) -> Callable[[list[str]], int | None]:
+    module_name, _, function = target.partition(":")
+    return getattr(importlib.import_module(module_name), function)
+
+
+def _match_extra(args: list[str]) -> tuple[str, list[str]] | None:
+    """The extra command named by the first words of ``args`` and the arguments after it."""
+    for command in sorted(EXTRA_COMMANDS, key=lambda c: -len(c.split())):
+        words = command.split()
+        if args[: len(words)] == words:
+            return command, args[len(words) :]
+    if args:
+        related = [c for c in EXTRA_COMMANDS if c.split()[0] == args[0]]
+        if related:
+            available = ", ".join(sorted(related))
+            raise UserError(f"unknown command {' '.join(args[:2])!r}; available: {available}")
+    return None
+
+
+def _extra_commands_epilog() -> str:
+    names = ", ".join(f"'vpnext {name}'" for name in sorted(EXTRA_COMMANDS))
+    return f"Other commands: {names} (each takes --help)."
+
+
+def _describe(err: BaseException) -> str:
+    """One line for an exception; types a user cannot act on keep their class name."""
+    from vpnext.data.errors import DatasetError
+    from vpnext.models.backbone import PretrainedWeightsError
+
+    message = " ".join(str(err).split()) or type(err).__name__
+    if isinstance(err, (UserError, DatasetError, PretrainedWeightsError, FileNotFoundError)):
+        return message
+    return f"{type(err).__name__}: {message}"
+
+
+def _remove_if_empty(run_dir: str | None, inherited: str | None) -> None:
+    """Drop a run directory this process created if the run failed before writing anything."""
+    if run_dir and run_dir != inherited:
+        with contextlib.suppress(OSError):  # rmdir only succeeds on an empty folder
+            Path(run_dir).rmdir()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``vpnext`` console script.
+
+    Args:
+        argv: Arguments without the program name (default: ``sys.argv[1:]``).
+
+    Returns:
+        Process exit code.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    if "--debug" in args:
+        args = [a for a in args if a != "--debug"]
+        os.environ[DEBUG_ENV] = "1"  # DDP rank processes re-run the command line without the flag
+    if argv is None:
+        # Lightning's DDP launcher re-runs sys.argv for the other ranks; keep it the parsed command.
+        sys.argv = [sys.argv[0], *args]
+    saved_env = os.environ.get(RUN_DIR_ENV)
+    try:
+        extra = _match_extra(args)
+        if extra is not None:
+            return int(_load(EXTRA_COMMANDS[extra[0]])(extra[1]) or 0)
+        with warnings.catch_warnings():
+            # main(argv) is the explicit in-process API; Lightning warns whenever sys.argv also
+            # holds arguments (e.g. pytest's), which is expected there.
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+            VPNeXtCLI(None if argv is None else args, epilog=_extra_commands_epilog())
+        return 0
+    except ArgumentError as err:
+        known = args[:1] if args and args[0] in LightningCLI.subcommands() else []
+        hint = " ".join(["vpnext", *known, "--help"])
+        print(f"vpnext: error: {' '.join(str(err).split())} (see {hint})", file=sys.stderr)
+        return 2
+    except SystemExit as exit_:  # argument parsers report their own errors, then exit
+        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    except KeyboardInterrupt:
+        print("vpnext: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if debug:
+            raise
+        print(f"vpnext: error: {_describe(err)} (VPNEXT_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 1
+    finally:
+        _remove_if_empty(os.environ.get(RUN_DIR_ENV), saved_env)
+        # In-process callers (tests, notebooks) must not inherit this run's directory.
+        if saved_env is None:
+            os.environ.pop(RUN_DIR_ENV, None)
+        else:
+            os.environ[RUN_DIR_ENV] = saved_env
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

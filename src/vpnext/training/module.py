@@ -1,0 +1,326 @@
+"""``SegmentationModule``: the LightningModule that trains and evaluates a VPNeXt model.
+
+The network (:class:`~vpnext.models.VPNeXt`), the loss (:class:`~vpnext.losses.SegmentationLoss`),
+test-time inference (:mod:`vpnext.evaluation.inference`) and the IoU convention
+(:mod:`vpnext.evaluation.metrics`) live in their own modules; this class wires them to Lightning.
+Its constructor repeats VPNeXt's arguments one by one (rather than taking a nested network
+object) so that every ablation switch is a flat ``--model.<switch>`` with its documented choices
+in ``vpnext fit --print_config``.
+
+Evaluation protocol (DESIGN.md, Sec. 2): every val/test image is run at the size the data module
+delivers (after the dataset's test resize), the logits are resized to the label's original
+resolution and the argmax is scored there; intersections and unions accumulate over the whole split
+(and across DDP ranks) in a torchmetrics ``MulticlassJaccardIndex``. Classes absent from both the
+labels and the predictions of the split have no IoU (NaN) and are left out of the mean.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import lightning as L
+from torch import Tensor
+
+from vpnext.evaluation import inference, jaccard_index, miou_from_torchmetrics, ms_flip_inference, resize_to
+from vpnext.losses import DICE_WEIGHT, FOCAL_WEIGHT, SegmentationLoss
+from vpnext.models import VPNeXt
+from vpnext.models.vpnext import AuxMode, DeformImpl, HeadMode, UpsamplerMode
+from vpnext.training.optim import build_optimizer, build_scheduler
+
+__all__ = ["MODEL_ARGS", "SegmentationModule"]
+
+#: The constructor arguments passed through to :class:`~vpnext.models.VPNeXt` (the ablation switches).
+MODEL_ARGS = (
+    "num_classes",
+    "backbone",
+    "pretrained",
+    "img_size",
+    "drop_path_rate",
+    "decoder_dim",
+    "pyramid_dim",
+    "num_heads",
+    "aux",
+    "aux_layers",
+    "head",
+    "upsampler",
+    "hiclr_depth",
+    "replay_stop_grad",
+    "pyramid_embed",
+    "deform_impl",
+)
+
+_STAGE_PREFIX = {"validate": "val", "test": "test"}
+
+
+class SegmentationModule(L.LightningModule):
+    """Trains a :class:`~vpnext.models.VPNeXt` and evaluates it by mIoU.
+
+    Args:
+        num_classes: Number of classes K (the CLI links it from the data module).
+        backbone: timm ViT name, e.g. ``vit_large_patch16_384``.
+        pretrained: ``False`` (random init), ``True`` (timm hub, needs network) or a local weights
+            file (``.safetensors``/``.pth``).
+        img_size: Position-embedding grid size; the CLI links it from the data's training crop.
+        drop_path_rate: Stochastic depth of the ViT.
+        decoder_dim: Width D of the 1/16 decoder.
+        pyramid_dim: Width of the 1/4 path (mock pyramid, ViTUp/HiCLR).
+        num_heads: Attention heads of the context head (and the mask head).
+        aux: Auxiliary supervision of intermediate layers (training only; Table I):
+            ``none``, ``deep_supervision``, ``naive_align`` (Eq. 1) or ``vcr`` (Visual Context Replay).
+        aux_layers: Number of evenly spaced intermediate layers, or their 0-based block indices.
+        head: ``context`` (VPNeXt's context head) or ``mask_transformer`` (Segmenter baseline).
+        upsampler: ``bilinear``, ``mock_pyramid`` or ``hiclr`` (ViTUp's real pyramid; Table II).
+        hiclr_depth: HiCLR refinement iterations T (Table II: 1-5).
+        replay_stop_grad: VCR replays the final layer's offsets/affinity without gradient.
+        pyramid_embed: Stride-4 embedding of ViTUp: ``folded`` (cheaper) or ``shared``.
+        deform_impl: Deformable-conv kernel (``auto`` picks the fastest measured one).
+        loss: Per-pixel loss: ``mask`` (sigmoid focal + dice, the paper's) or ``ce``.
+        aux_weight: Weight of each auxiliary logit map's loss.
+        align_weight: Weight of the naive-align MSE (``aux=naive_align``).
+        focal_weight: Focal weight of the mask loss.
+        dice_weight: Dice weight of the mask loss.
+        ignore_index: Label value excluded from loss and metrics.
+        lr: Base AdamW learning rate (the ViT's top block; lower blocks get layer decay).
+        weight_decay: AdamW weight decay of weight matrices (none on 1-D params, position
+            embedding, class/register tokens and class embeddings).
+        layer_decay: Layer-wise lr decay of the ViT: block ``i`` of N gets ``layer_decay ** (N - i)``.
+        decoder_lr_mult: Learning-rate multiplier of every parameter outside the ViT.
+        warmup_iters: Linear warmup length in optimiser steps.
+        warmup_ratio: Learning-rate factor at the first step of the warmup.
+        poly_power: Exponent of the poly decay after the warmup.
+        eval_mode: ``ss`` (single scale) or ``ms_flip`` (multi-scale + horizontal flip, softmax average).
+        eval_window: ``data`` (the dataset's protocol: sliding window where it defines one),
+            ``whole`` (the full image in one pass) or ``slide``.
+        eval_crop: Sliding-window size; ``None`` uses the dataset's window, else the training crop.
+        eval_stride: Sliding-window stride; ``None`` uses the dataset's, else 2/3 of the window.
+        eval_scales: Scale ratios of ``ms_flip``.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: str = "vit_tiny_patch16_224",
+        pretrained: bool | str = False,
+        img_size: int | tuple[int, int] | None = None,
+        drop_path_rate: float = 0.0,
+        decoder_dim: int = 256,
+        pyramid_dim: int = 64,
+        num_heads: int = 8,
+        aux: AuxMode = "vcr",
+        aux_layers: int | list[int] = 2,
+        head: HeadMode = "context",
+        upsampler: UpsamplerMode = "hiclr",
+        hiclr_depth: int = 3,
+        replay_stop_grad: bool = True,
+        pyramid_embed: Literal["folded", "shared"] = "folded",
+        deform_impl: DeformImpl = "auto",
+        loss: Literal["mask", "ce"] = "mask",
+        aux_weight: float = 0.4,
+        align_weight: float = 1.0,
+        focal_weight: float = FOCAL_WEIGHT,
+        dice_weight: float = DICE_WEIGHT,
+        ignore_index: int = 255,
+        lr: float = 6e-5,
+        weight_decay: float = 0.05,
+        layer_decay: float = 0.9,
+        decoder_lr_mult: float = 10.0,
+        warmup_iters: int = 1500,
+        warmup_ratio: float = 1e-6,
+        poly_power: float = 1.0,
+        eval_mode: Literal["ss", "ms_flip"] = "ss",
+        eval_window: Literal["data", "whole", "slide"] = "data",
+        eval_crop: int | None = None,
+        eval_stride: int | None = None,
+        eval_scales: Sequence[float] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75),
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = VPNeXt(
+            num_classes=num_classes,
+            backbone=backbone,
+            pretrained=pretrained,
+            img_size=img_size,
+            drop_path_rate=drop_path_rate,
+            decoder_dim=decoder_dim,
+            pyramid_dim=pyramid_dim,
+            num_heads=num_heads,
+            aux=aux,
+            aux_layers=aux_layers,
+            head=head,
+            upsampler=upsampler,
+            hiclr_depth=hiclr_depth,
+            replay_stop_grad=replay_stop_grad,
+            pyramid_embed=pyramid_embed,
+            deform_impl=deform_impl,
+        )
+        self.criterion = SegmentationLoss(
+            loss=loss,
+            aux_weight=aux_weight,
+            align_weight=align_weight,
+            focal_weight=focal_weight,
+            dice_weight=dice_weight,
+            ignore_index=ignore_index,
+        )
+        self.val_iou = jaccard_index(num_classes, ignore_index)
+        self.test_iou = jaccard_index(num_classes, ignore_index)
+        #: Last completed evaluation per split ("val", "test"): mIoU, per-class IoU, step.
+        self.evaluation_results: dict[str, dict[str, Any]] = {}
+
+    # ---- model facts other tools read -----------------------------------------------------------
+    @property
+    def model_hparams(self) -> dict[str, Any]:
+        """The VPNeXt constructor arguments (every ablation switch) of this run."""
+        return {name: self.hparams[name] for name in MODEL_ARGS}
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names from the data module, or ``class_<i>`` when there is none."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        names = getattr(datamodule, "class_names", None)
+        if names is not None and len(names) == self.hparams.num_classes:
+            return [str(n) for n in names]
+        return [f"class_{i}" for i in range(self.hparams.num_classes)]
+
+    def eval_protocol(self) -> dict[str, Any]:
+        """The resolved test-time protocol: mode, window (whole/slide), crop, stride, scales."""
+        hp = self.hparams
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        data_crop = getattr(datamodule, "slide_crop", None)
+        data_stride = getattr(datamodule, "slide_stride", None)
+        window = hp.eval_window
+        if window == "data":
+            window = "slide" if data_crop is not None else "whole"
+        crop = stride = None
+        if window == "slide":
+            crop = _pair(hp.eval_crop) or _pair(data_crop) or _pair(hp.img_size)
+            if crop is None:
+                raise ValueError("eval_window='slide' needs model.eval_crop (no dataset window, no img_size)")
+            stride = _pair(hp.eval_stride) or (
+                _pair(data_stride) if hp.eval_crop is None and data_stride is not None else None
+            )
+            stride = stride or (max(crop[0] * 2 // 3, 1), max(crop[1] * 2 // 3, 1))
+        return {
+            "mode": hp.eval_mode,
+            "window": window,
+            "crop": None if crop is None else list(crop),
+            "stride": None if stride is None else list(stride),
+            "scales": list(hp.eval_scales) if hp.eval_mode == "ms_flip" else [1.0],
+            "flip": hp.eval_mode == "ms_flip",
+        }
+
+    # ---- training -------------------------------------------------------------------------------
+    def forward(self, images: Tensor) -> Tensor:
+        """Segment normalised images (B, 3, H, W) with the configured test-time protocol.
+
+        Returns:
+            (B, K, H, W) scores: logits for ``ss``, averaged probabilities for ``ms_flip``.
+        """
+        protocol = self.eval_protocol()
+        crop, stride = protocol["crop"], protocol["stride"]
+        crop = None if crop is None else tuple(crop)
+        stride = None if stride is None else tuple(stride)
+        num_classes = self.hparams.num_classes
+        if protocol["mode"] == "ms_flip":
+            return ms_flip_inference(
+                self.model, images, num_classes, protocol["scales"], True, protocol["window"], crop, stride
+            )
+        return inference(self.model, images, num_classes, protocol["window"], crop, stride)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        """One training iteration: train-mode forward, every loss term logged separately."""
+        images, labels = batch["image"], batch["label"]
+        terms = self.criterion(self.model(images), labels)
+        batch_size = images.shape[0]
+        for name, value in terms.items():
+            key = "train/loss" if name == "loss" else f"train/loss_{name}"
+            self.log(key, value, prog_bar=name == "loss", batch_size=batch_size)
+        return terms["loss"]
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW with layer-decayed ViT groups and a faster decoder, warmup + poly per step."""
+        hp = self.hparams
+        optimizer = build_optimizer(self.model, hp.lr, hp.weight_decay, hp.layer_decay, hp.decoder_lr_mult)
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total):
+            raise ValueError("the poly schedule needs a finite run: set trainer.max_steps (or max_epochs)")
+        scheduler = build_scheduler(optimizer, int(total), hp.warmup_iters, hp.warmup_ratio, hp.poly_power)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---- evaluation -----------------------------------------------------------------------------
+    def _score_batch(self, batch: dict[str, Any]) -> list[tuple[Tensor, Tensor]]:
+        """(prediction, label) pairs at the labels' original resolution, padding removed."""
+        images, labels = batch["image"], batch["label"]
+        metas = batch.get("meta") or [{} for _ in range(images.shape[0])]
+        img_sizes = [tuple(m.get("img_size", images.shape[-2:])) for m in metas]
+        ori_sizes = [tuple(m.get("ori_size", labels.shape[-2:])) for m in metas]
+        # Unpadded batches run in one pass; padded ones per sample, so padding never reaches the
+        # model (it would shift sliding windows and leak into resized logits).
+        if all(s == tuple(images.shape[-2:]) for s in img_sizes) and all(
+            s == tuple(labels.shape[-2:]) for s in ori_sizes
+        ):
+            scores = resize_to(self(images), labels.shape[-2:])
+            return [(scores.argmax(1), labels)]
+        pairs = []
+        for i, ((h, w), (oh, ow)) in enumerate(zip(img_sizes, ori_sizes, strict=True)):
+            scores = resize_to(self(images[i : i + 1, :, :h, :w]), (oh, ow))
+            pairs.append((scores.argmax(1), labels[i : i + 1, :oh, :ow]))
+        return pairs
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Accumulate the validation confusion counts of one batch."""
+        for pred, label in self._score_batch(batch):
+            self.val_iou.update(pred, label)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Accumulate the test confusion counts of one batch."""
+        for pred, label in self._score_batch(batch):
+            self.test_iou.update(pred, label)
+
+    def on_validation_epoch_end(self) -> None:
+        """Log ``val/mIoU`` and ``val/IoU/<class>`` over the whole split (all ranks)."""
+        self._log_split("val", self.val_iou)
+
+    def on_test_epoch_end(self) -> None:
+        """Log ``test/mIoU`` and ``test/IoU/<class>`` over the whole split (all ranks)."""
+        self._log_split("test", self.test_iou)
+
+    def _log_split(self, split: str, metric: Any) -> None:
+        per_class = metric.compute()  # synced across ranks by torchmetrics
+        metric.reset()
+        miou = float(miou_from_torchmetrics(per_class))
+        names = self.class_names
+        values = {name: float(v) for name, v in zip(names, per_class.tolist(), strict=True)}
+        # Every rank holds the same synced values. sync_dist with "max" keeps them bit-exact (a
+        # mean over ranks may round) and keeps Lightning from warning about unsynced epoch logs.
+        self.log(f"{split}/mIoU", miou, prog_bar=True, sync_dist=True, reduce_fx="max")
+        for name, value in values.items():
+            if not math.isnan(value):  # absent class: no IoU (reported as null in results.json)
+                self.log(f"{split}/IoU/{name}", value, sync_dist=True, reduce_fx="max")
+        if not self.trainer.sanity_checking:
+            self.evaluation_results[split] = {
+                "mIoU": miou,
+                "per_class_iou": {n: (None if math.isnan(v) else v) for n, v in values.items()},
+                "step": int(self.global_step),
+            }
+
+    # ---- prediction -----------------------------------------------------------------------------
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[Tensor]:
+        """Argmax label maps (H0, W0) (int64), one per image, at each image's original size."""
+        images = batch["image"]
+        metas = batch.get("meta") or [{} for _ in range(images.shape[0])]
+        maps = []
+        for i, meta in enumerate(metas):
+            h, w = meta.get("img_size", images.shape[-2:])
+            scores = self(images[i : i + 1, :, :h, :w])
+            maps.append(resize_to(scores, meta.get("ori_size", (h, w))).argmax(1)[0])
+        return maps
+
+
+def _pair(size: int | Sequence[int] | None) -> tuple[int, int] | None:
+    if size is None:
+        return None
+    if isinstance(size, int):
+        return (size, size)
+    return (int(size[0]), int(size[1]))

@@ -1,0 +1,266 @@
+"""Run outputs other tools read: ``results.json`` and predicted label maps.
+
+``results.json`` is the one file the report, benchmark and sweep tools parse; its schema is
+documented in ``docs/training.md`` and versioned by ``schema_version``. It is rewritten at the end
+of every ``fit``, ``validate`` and ``test`` by global rank 0, atomically (temporary file + rename),
+so a reader never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
+from PIL import Image
+
+import vpnext
+
+__all__ = [
+    "RESULTS_FILE",
+    "SCHEMA_VERSION",
+    "LastCheckpoint",
+    "PredictionWriter",
+    "ResultsWriter",
+    "read_results",
+]
+
+RESULTS_FILE = "results.json"
+#: Bump when a field changes meaning or disappears (adding fields keeps the version).
+SCHEMA_VERSION = 1
+
+
+class ResultsWriter(Callback):
+    """Writes ``<dirpath>/results.json`` when a fit, validate or test run ends.
+
+    It also counts the training images the run has consumed (saved in checkpoints, so a resumed
+    run keeps counting). Each rank counts its own batches; the total assumes every rank sees the
+    same number of images per step, which Lightning's ``DistributedSampler`` guarantees.
+
+    Args:
+        dirpath: Folder of ``results.json``; ``None`` uses ``trainer.default_root_dir`` (the run
+            directory under the ``vpnext`` CLI).
+        config_path: Path of the saved run configuration, recorded as is.
+        experiment: Experiment name, recorded as is.
+    """
+
+    def __init__(
+        self, dirpath: str | None = None, config_path: str | None = None, experiment: str | None = None
+    ) -> None:
+        self.dirpath = dirpath
+        self.config_path = config_path
+        self.experiment = experiment
+        self.images_seen = 0
+        self._started: dict[str, float] = {}
+
+    # ---- bookkeeping ----------------------------------------------------------------------------
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        images = batch["image"] if isinstance(batch, dict) else batch[0]
+        self.images_seen += int(images.shape[0]) * trainer.world_size
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"images_seen": self.images_seen}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.images_seen = int(state_dict.get("images_seen", 0))
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._started["fit"] = time.time()
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "validate":
+            self._started["validate"] = time.time()
+
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._started["test"] = time.time()
+
+    # ---- writing --------------------------------------------------------------------------------
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.write(trainer, pl_module, "fit", "val")
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "validate":
+            self.write(trainer, pl_module, "validate", "val")
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.write(trainer, pl_module, "test", "test")
+
+    def write(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str, split: str) -> Path | None:
+        """Assemble and write the results of ``stage`` (global rank 0 only).
+
+        Returns:
+            The path written, or ``None`` on other ranks.
+        """
+        started = self._started.pop(stage, None)
+        if not trainer.is_global_zero:
+            return None
+        evaluation = getattr(pl_module, "evaluation_results", {}).get(split)
+        datamodule = getattr(trainer, "datamodule", None)
+        num_params = sum(p.numel() for p in pl_module.parameters())
+        record: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "stage": stage,
+            "split": split,
+            "experiment": self.experiment,
+            "run_dir": str(self._dir(trainer)),
+            "config_path": self.config_path,
+            "mIoU": None if evaluation is None else _finite(evaluation["mIoU"]),
+            "per_class_iou": None if evaluation is None else evaluation["per_class_iou"],
+            "evaluated_at_step": None if evaluation is None else evaluation["step"],
+            "best_mIoU": None,
+            "model": _jsonable(getattr(pl_module, "model_hparams", {})),
+            "hparams": _jsonable(dict(pl_module.hparams)),
+            "evaluation": _eval_protocol(pl_module),
+            "data": {
+                "dataset": getattr(datamodule, "dataset_name", None),
+                "num_classes": getattr(datamodule, "num_classes", None),
+                "crop_size": _jsonable(getattr(datamodule, "crop_size", None)),
+            },
+            "num_params": num_params,
+            "num_trainable_params": sum(p.numel() for p in pl_module.parameters() if p.requires_grad),
+            "optimizer_steps": int(trainer.global_step),
+            "images_seen": self.images_seen,
+            "world_size": trainer.world_size,
+            "precision": str(trainer.precision),
+            "wall_time_s": None if started is None else round(time.time() - started, 3),
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "checkpoint": {"evaluated": _ckpt_path(trainer, stage), "best": None, "last": None},
+            "versions": {
+                "vpnext": vpnext.__version__,
+                "torch": torch.__version__,
+                "lightning": L.__version__,
+            },
+        }
+        # A validate/test run restores the fit's checkpoint callbacks: their paths are not this run's.
+        for callback in trainer.checkpoint_callbacks if stage == "fit" else []:
+            if isinstance(callback, LastCheckpoint):
+                last = Path(str(callback.dirpath)) / "last.ckpt"
+                record["checkpoint"]["last"] = str(last) if last.is_file() else None
+            elif isinstance(callback, ModelCheckpoint) and callback.monitor and callback.best_model_path:
+                record["checkpoint"]["best"] = callback.best_model_path
+                score = callback.best_model_score
+                record["best_mIoU"] = None if score is None else _finite(float(score))
+        path = self._dir(trainer) / RESULTS_FILE
+        _atomic_write_json(path, record)
+        return path
+
+    def _dir(self, trainer: L.Trainer) -> Path:
+        return Path(self.dirpath if self.dirpath is not None else trainer.default_root_dir)
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """``<dirpath>/last.ckpt``: the latest weights, refreshed at every validation and at the end.
+
+    Lightning 2.6's ``save_last=True`` only refreshes ``last.ckpt`` when the monitored checkpoint
+    was saved at the same step (i.e. improved), so it can hold stale weights; this callback keeps
+    no score and overwrites one file instead.
+
+    Args:
+        dirpath: Checkpoint folder.
+    """
+
+    def __init__(self, dirpath: str) -> None:
+        super().__init__(dirpath=dirpath, filename="last", save_top_k=1, enable_version_counter=False)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        # Steps after the last validation (max_steps not a multiple of the interval) still count.
+        if self._last_global_step_saved != trainer.global_step:
+            trainer.save_checkpoint(str(Path(self.dirpath) / "last.ckpt"))
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Saves each predicted label map as ``<dirpath>/<image stem>.png`` (mode P, class ids as values).
+
+    The palette only colours the file; the pixel values are the train ids, so the output can be
+    read back as a label map.
+
+    Args:
+        dirpath: Output folder; ``None`` uses ``<trainer.default_root_dir>/predictions``.
+    """
+
+    def __init__(self, dirpath: str | None = None) -> None:
+        super().__init__(write_interval="batch")
+        self.dirpath = dirpath
+
+    def write_on_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        prediction: list[torch.Tensor],
+        batch_indices: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int,
+    ) -> None:
+        folder = Path(self.dirpath) if self.dirpath else Path(trainer.default_root_dir) / "predictions"
+        folder.mkdir(parents=True, exist_ok=True)
+        palette = getattr(getattr(trainer, "datamodule", None), "palette", None)
+        metas = batch.get("meta") if isinstance(batch, dict) else None
+        for i, label_map in enumerate(prediction):
+            name = Path(metas[i]["image_path"]).stem if metas else f"{batch_idx:06d}_{i:03d}"
+            image = Image.fromarray(label_map.to(torch.uint8).cpu().numpy(), mode="L")
+            if palette:
+                image = image.convert("P")
+                flat = np.zeros(768, dtype=np.uint8)
+                flat[: 3 * len(palette)] = np.asarray(palette, dtype=np.uint8).reshape(-1)
+                image.putpalette(flat.tolist())
+            image.save(folder / f"{name}.png")
+
+
+def read_results(path: str | Path) -> dict[str, Any]:
+    """Load a ``results.json`` (a run directory or the file itself)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / RESULTS_FILE
+    return json.loads(path.read_text())
+
+
+def _eval_protocol(pl_module: L.LightningModule) -> dict[str, Any] | None:
+    protocol = getattr(pl_module, "eval_protocol", None)
+    return protocol() if callable(protocol) else None
+
+
+def _ckpt_path(trainer: L.Trainer, stage: str) -> str | None:
+    if stage == "fit":
+        return None
+    path = getattr(trainer, "ckpt_path", None)
+    return None if path is None else str(path)
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON types for hparams (tuples to lists, paths and other objects to strings)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return _finite(value)
+    return str(value)
+
+
+def _atomic_write_json(path: Path, record: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as handle:
+        json.dump(record, handle, indent=2)
+        handle.write("\n")
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be read by other tools
+    os.replace(tmp, path)
