@@ -1,0 +1,529 @@
+"""``vpnext benchmark``: inference latency and training-step time of a configured VPNeXt.
+
+Everything is measured in one process, in one run, so that the ratios are comparable even on a
+shared machine:
+
+- inference (eval mode, ``torch.no_grad``) of (a) the configured ``model``, (b) the ``backbone``
+  alone (patch embedding, blocks, final norm) and (c) ``deep_supervision``, the paper's baseline
+  (``aux='deep_supervision', upsampler='bilinear'``; in eval this is the context head at 1/16 with
+  bilinear logits), each reported as a ratio to the backbone;
+- one training step (forward, :class:`~vpnext.losses.SegmentationLoss`, backward, AdamW step with
+  the training's parameter groups) for ``aux='deep_supervision'`` and ``aux='vcr'`` with every
+  other setting as configured, reported as the ratio VCR / deep supervision.
+
+Timing: ``warmup`` untimed calls each, then ``repeats`` rounds in which every candidate runs once,
+in rotating order, so that load from other processes hits all of them alike; medians and p90
+(nearest rank) per candidate. Candidates of one comparison are built from the same seed.
+
+Peak memory of one call after the timing (so AdamW's state already exists in training):
+
+- CUDA: ``torch.cuda.max_memory_allocated`` minus the memory allocated before the call;
+- CPU (Linux): growth of the process's peak resident set (``VmHWM`` in ``/proc/self/status``,
+  reset through ``/proc/self/clear_refs``) over the resident set before the call. It includes
+  allocator caching and is approximate; elsewhere ``ru_maxrss`` growth is used, which is only a
+  lower bound (it cannot be reset).
+
+``--bf16`` runs forward (and loss) under ``torch.autocast(bfloat16)``. ``--compile`` wraps every
+candidate in ``torch.compile``; on CPU compilation takes minutes and the deformable conv is a graph
+break. ``--per-module`` adds exclusive wall time and MACs per decoder module of the configured model.
+
+Usage::
+
+    vpnext benchmark --config experiments/vitup.yaml --image-size 512 512 --repeats 10 [--model.x=y ...]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import platform
+import re
+import resource
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from vpnext.losses import SegmentationLoss
+from vpnext.models import VPNeXt
+from vpnext.models.layers import pad_to_multiple
+from vpnext.tools.flops import count_macs
+from vpnext.tools.flops_cmd import _parser, write_json
+from vpnext.tools.model_config import ModelConfig, load_model_config
+from vpnext.training.optim import build_optimizer
+
+__all__ = ["BackboneOnly", "main", "run_benchmark", "time_interleaved"]
+
+#: Changes that turn the configured model into the paper's deep-supervision baseline.
+DEEP_SUPERVISION = {"aux": "deep_supervision", "upsampler": "bilinear"}
+TRAIN_AUX = ("deep_supervision", "vcr")
+
+
+class BackboneOnly(nn.Module):
+    """The ViT of a VPNeXt alone: ``backbone(patch_proj(x))`` (patch embed, blocks, final norm)."""
+
+    def __init__(self, model: VPNeXt) -> None:
+        super().__init__()
+        self.backbone = model.backbone
+
+    def forward(self, images: Tensor) -> Tensor:
+        x = pad_to_multiple(images, self.backbone.patch_size)
+        return self.backbone(self.backbone.patch_proj(x))[1]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _summary(seconds: list[float], batch_size: int) -> dict[str, float]:
+    ordered = sorted(seconds)
+    median = statistics.median(ordered)
+    p90 = ordered[max(0, math.ceil(0.9 * len(ordered)) - 1)]
+    return {"median_ms": 1e3 * median, "p90_ms": 1e3 * p90, "images_per_s": batch_size / median}
+
+
+def time_interleaved(
+    fns: dict[str, Callable[[], Any]], repeats: int, warmup: int, device: torch.device
+) -> dict[str, list[float]]:
+    """Wall times (s) of every function: ``warmup`` untimed calls, then interleaved rounds.
+
+    Args:
+        fns: Name -> function to time.
+        repeats: Timed rounds; each runs every function once, the order rotating by one per round.
+        warmup: Untimed calls of each function first.
+        device: Synchronised before and after each call (CUDA).
+
+    Returns:
+        Name -> ``repeats`` wall times in seconds.
+    """
+    names = list(fns)
+    for name in names:
+        for _ in range(warmup):
+            fns[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(repeats):
+        shift = round_ % len(names)
+        for name in names[shift:] + names[:shift]:
+            _sync(device)
+            start = time.perf_counter()
+            fns[name]()
+            _sync(device)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def _proc_kib(key: str) -> int | None:
+    try:
+        match = re.search(rf"^{key}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
+    except OSError:
+        return None
+    return int(match.group(1)) if match else None
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: reset VmHWM to the current RSS
+    except OSError:
+        return False
+    return True
+
+
+def memory_method(device: torch.device) -> str:
+    """How :func:`peak_memory_mb` measures on ``device`` (documented in the JSON)."""
+    if device.type == "cuda":
+        return "cuda max_memory_allocated - memory_allocated before"
+    if _proc_kib("VmHWM") is not None and _reset_peak_rss():
+        return "peak RSS growth (VmHWM reset via /proc/self/clear_refs)"
+    return "ru_maxrss growth (lower bound)"
+
+
+def peak_memory_mb(fn: Callable[[], Any], device: torch.device) -> float:
+    """Peak memory (MiB) that one call of ``fn`` adds; see :func:`memory_method`."""
+    if device.type == "cuda":
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        _sync(device)
+        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    if _proc_kib("VmHWM") is not None and _reset_peak_rss():
+        before = _proc_kib("VmRSS") or 0
+        fn()
+        return ((_proc_kib("VmHWM") or 0) - before) / 1024
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    fn()
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    return grown / (2**20 if platform.system() == "Darwin" else 1024)  # bytes on macOS, KiB on Linux
+
+
+def _autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
+    return torch.autocast(device.type, torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+def _seeded(build: Callable[[], nn.Module], device: torch.device) -> nn.Module:
+    torch.manual_seed(0)
+    return build().to(device)
+
+
+def _inference_fn(module: nn.Module, images: Tensor, bf16: bool, compile_: bool) -> Callable[[], Any]:
+    runner = torch.compile(module) if compile_ else module
+
+    def run() -> Any:
+        with torch.no_grad(), _autocast(images.device, bf16):
+            return runner(images)
+
+    return run
+
+
+def _train_fn(
+    model: VPNeXt, config: ModelConfig, images: Tensor, labels: Tensor, bf16: bool, compile_: bool
+) -> Callable[[], None]:
+    args = config.module_args
+    criterion = SegmentationLoss(
+        args["loss"],
+        args["aux_weight"],
+        args["align_weight"],
+        args["focal_weight"],
+        args["dice_weight"],
+        args["ignore_index"],
+    )
+    optimizer = build_optimizer(
+        model, args["lr"], args["weight_decay"], args["layer_decay"], args["decoder_lr_mult"]
+    )
+    runner = torch.compile(model) if compile_ else model
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with _autocast(images.device, bf16):
+            loss = criterion(runner(images), labels)["loss"]
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def _random_labels(batch: int, size: tuple[int, int], classes: int, device: torch.device) -> Tensor:
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, classes, (batch, *size), generator=generator)
+    labels[torch.rand(labels.shape, generator=generator) < 0.05] = 255  # some ignored pixels
+    return labels.to(device)
+
+
+def _measure(
+    fns: dict[str, Callable[[], Any]], repeats: int, warmup: int, device: torch.device, batch: int
+) -> dict[str, dict[str, float]]:
+    times = time_interleaved(fns, repeats, warmup, device)
+    return {
+        name: {**_summary(times[name], batch), "peak_mem_mb": peak_memory_mb(fn, device)}
+        for name, fn in fns.items()
+    }
+
+
+def module_times(
+    model: nn.Module, images: Tensor, groups: dict[str, str], repeats: int, warmup: int
+) -> dict[str, float]:
+    """Median exclusive wall time (ms) per group of modules in one eval forward (no autocast).
+
+    Time is attributed like MACs in :func:`~vpnext.tools.flops.count_macs`: to the innermost
+    running module under a group prefix (longest prefix wins), else to ``"other"``.
+    """
+    ordered = sorted(groups.items(), key=lambda item: len(item[1]), reverse=True)
+    stack: list[str] = []
+    spent: dict[str, float] = {}
+    clock = [0.0]
+
+    def settle() -> None:
+        _sync(images.device)
+        now = time.perf_counter()
+        key = stack[-1] if stack else "other"
+        spent[key] = spent.get(key, 0.0) + now - clock[0]
+        clock[0] = now
+
+    def hooks(name: str) -> tuple[Callable[..., None], Callable[..., None]]:
+        own = next((g for g, p in ordered if name == p or name.startswith(p + ".")), None)
+
+        def enter(*_: Any) -> None:
+            settle()
+            stack.append(own or (stack[-1] if stack else "other"))
+
+        def leave(*_: Any) -> None:
+            settle()
+            stack.pop()
+
+        return enter, leave
+
+    handles = []
+    for name, module in model.named_modules():
+        enter, leave = hooks(name)
+        handles += [module.register_forward_pre_hook(enter), module.register_forward_hook(leave)]
+    runs: list[dict[str, float]] = []
+    try:
+        with torch.no_grad():
+            for i in range(warmup + repeats):
+                spent.clear()
+                clock[0] = time.perf_counter()
+                model(images)
+                settle()
+                if i >= warmup:
+                    runs.append(dict(spent))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: 1e3 * statistics.median(r.get(name, 0.0) for r in runs) for name in runs[0]}
+
+
+def _decoder_groups(model: nn.Module, depth: int = 2) -> dict[str, str]:
+    """``backbone`` whole; every other module down to ``depth`` name levels.
+
+    At depth 2, ``upsampler.steps.0.deform`` counts towards ``upsampler.steps``.
+    """
+    names = {"backbone": "backbone"}
+    for name, _ in model.named_modules():
+        parts = name.split(".")
+        if name and parts[0] != "backbone" and len(parts) <= depth:
+            names[name] = name
+    return names
+
+
+def per_module_report(
+    model: VPNeXt, images: Tensor, repeats: int, warmup: int, depth: int = 2
+) -> dict[str, dict[str, float]]:
+    """Exclusive median time and MACs per module group of ``model`` (eval, fp32, no compile).
+
+    Args:
+        model: The model.
+        images: One input batch.
+        repeats: Timed forward passes (median per group).
+        warmup: Untimed passes first.
+        depth: Name levels of the decoder groups (see :func:`_decoder_groups`).
+
+    Returns:
+        Group -> ``{"ms", "gmacs"}`` for every group with time or MACs, ``other`` included.
+    """
+    model.eval()
+    groups = _decoder_groups(model, depth)
+    times = module_times(model, images, groups, repeats, warmup)
+    macs = count_macs(model, images, groups=groups).by_group
+    rows = {}
+    for name in [*groups, "other"]:
+        if times.get(name, 0.0) or macs.get(name, 0):
+            rows[name] = {"ms": times.get(name, 0.0), "gmacs": macs.get(name, 0) / 1e9}
+    return rows
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    with contextlib.suppress(OSError):
+        match = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
+        if match:
+            return match.group(1).strip()
+    return platform.processor() or platform.machine()
+
+
+def run_benchmark(
+    config: ModelConfig,
+    image_size: tuple[int, int],
+    batch_size: int = 1,
+    repeats: int = 10,
+    warmup: int = 2,
+    device: str | torch.device = "cpu",
+    bf16: bool = False,
+    compile_: bool = False,
+    train: bool = True,
+    train_batch_size: int | None = None,
+    per_module: int = 0,
+) -> dict[str, Any]:
+    """Run the whole benchmark and return its JSON document.
+
+    Args:
+        config: The resolved experiment config (the ``model`` candidate).
+        image_size: Input ``(height, width)``.
+        batch_size: Images per inference call.
+        repeats: Timed rounds.
+        warmup: Untimed calls per candidate before timing.
+        device: ``cpu`` or ``cuda``.
+        bf16: Autocast forward passes (and the loss) to bfloat16.
+        compile_: ``torch.compile`` every candidate.
+        train: Also time the training step of deep supervision vs VCR.
+        train_batch_size: Images per training step (default: ``batch_size``).
+        per_module: If > 0, also report exclusive time and MACs per decoder module of the model,
+            down to this many name levels (2: ``upsampler.steps``, 4: ``upsampler.steps.0.deform``).
+
+    Returns:
+        ``environment``, ``config``, ``inference`` (per candidate: median/p90 ms, images/s, peak
+        memory, GMACs), ``ratios`` and, with ``train``, ``training`` and its ratio.
+    """
+    device = torch.device(device)
+    images = torch.randn(batch_size, 3, *image_size, device=device)
+    model = _seeded(config.build, device).eval()
+    baseline = _seeded(lambda: config.build(**DEEP_SUPERVISION), device).eval()
+    backbone = BackboneOnly(model).eval()
+    candidates = {"model": model, "backbone": backbone, "deep_supervision": baseline}
+    fns = {name: _inference_fn(m, images, bf16, compile_) for name, m in candidates.items()}
+    inference = _measure(fns, repeats, warmup, device, batch_size)
+    for name, module in candidates.items():
+        inference[name]["gmacs"] = count_macs(module, images[:1]).macs / 1e9
+    ms = {name: row["median_ms"] for name, row in inference.items()}
+    gmacs = {name: row["gmacs"] for name, row in inference.items()}
+    ratios = {
+        "model_vs_backbone": ms["model"] / ms["backbone"],
+        "deep_supervision_vs_backbone": ms["deep_supervision"] / ms["backbone"],
+        "model_vs_deep_supervision": ms["model"] / ms["deep_supervision"],
+        "gmacs_model_vs_backbone": gmacs["model"] / gmacs["backbone"],
+        "gmacs_model_vs_deep_supervision": gmacs["model"] / gmacs["deep_supervision"],
+    }
+    result: dict[str, Any] = {
+        "environment": {
+            "device": device.type,
+            "device_name": _device_name(device),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "bf16": bf16,
+            "compile": compile_,
+            "load_average_start": list(os.getloadavg()),
+            "memory_method": memory_method(device),
+        },
+        "config": config.to_dict(),
+        "image_size": list(image_size),
+        "batch_size": batch_size,
+        "repeats": repeats,
+        "warmup": warmup,
+        "inference": inference,
+        "ratios": ratios,
+    }
+    del fns, candidates, backbone, baseline
+    if per_module:
+        result["per_module"] = per_module_report(model, images[:1], repeats, warmup, per_module)
+    del model
+
+    if train:
+        batch = train_batch_size or batch_size
+        train_images = torch.randn(batch, 3, *image_size, device=device)
+        labels = _random_labels(batch, image_size, config.model_args["num_classes"], device)
+        steps = {
+            aux: _train_fn(
+                _seeded(lambda aux=aux: config.build(aux=aux), device).train(),
+                config,
+                train_images,
+                labels,
+                bf16,
+                compile_,
+            )
+            for aux in TRAIN_AUX
+        }
+        training = _measure(steps, repeats, warmup, device, batch)
+        result["training"] = {"batch_size": batch, **training}
+        ratios["train_vcr_vs_deep_supervision"] = (
+            training["vcr"]["median_ms"] / training["deep_supervision"]["median_ms"]
+        )
+    result["environment"]["load_average_end"] = list(os.getloadavg())
+    return result
+
+
+_HEADER = f"{'median ms':>11}{'p90 ms':>10}{'img/s':>9}"
+
+
+def format_report(result: dict[str, Any]) -> str:
+    """Plain-text tables of a :func:`run_benchmark` result."""
+    env, cfg = result["environment"], result["config"]
+    height, width = result["image_size"]
+    lines = [
+        f"{cfg['backbone']} {height}x{width}, batch {result['batch_size']}, aux={cfg['aux']} "
+        f"upsampler={cfg['upsampler']} hiclr_depth={cfg['hiclr_depth']} decoder_dim={cfg['decoder_dim']} "
+        f"pyramid_dim={cfg['pyramid_dim']}",
+        f"{env['device']} ({env['device_name']}), {env['threads']} threads, torch {env['torch']}, "
+        f"bf16={env['bf16']} compile={env['compile']}, load {env['load_average_start'][0]:.2f}"
+        f"->{env['load_average_end'][0]:.2f}, {result['repeats']} repeats after {result['warmup']} warm-up",
+        "",
+        f"{'inference':<18}{_HEADER}{'x backbone':>12}{'GMACs':>10}{'peak MiB':>10}",
+    ]
+    base = result["inference"]["backbone"]["median_ms"]
+    for name, row in result["inference"].items():
+        lines.append(
+            f"{name:<18}{row['median_ms']:>11.2f}{row['p90_ms']:>10.2f}{row['images_per_s']:>9.2f}"
+            f"{row['median_ms'] / base:>12.3f}{row['gmacs']:>10.2f}{row['peak_mem_mb']:>10.1f}"
+        )
+    if "training" in result:
+        train = result["training"]
+        lines += ["", f"{'training step':<18}{_HEADER}{'x DS':>12}{'':>10}{'peak MiB':>10}"]
+        ds = train["deep_supervision"]["median_ms"]
+        for name in TRAIN_AUX:
+            row = train[name]
+            lines.append(
+                f"{name:<18}{row['median_ms']:>11.2f}{row['p90_ms']:>10.2f}{row['images_per_s']:>9.2f}"
+                f"{row['median_ms'] / ds:>12.3f}{'':>10}{row['peak_mem_mb']:>10.1f}"
+            )
+    if "per_module" in result:
+        lines += ["", f"{'module (exclusive)':<28}{'ms':>9}{'GMACs':>9}{'GMAC/s':>9}"]
+        for name, row in result["per_module"].items():
+            rate = row["gmacs"] / row["ms"] * 1e3 if row["ms"] else 0.0
+            lines.append(f"{name:<28}{row['ms']:>9.2f}{row['gmacs']:>9.3f}{rate:>9.1f}")
+    lines.append(f"peak memory: {env['memory_method']}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``vpnext benchmark``.
+
+    Args:
+        argv: Arguments after ``benchmark``.
+
+    Returns:
+        Exit code (2 for a bad option or config).
+    """
+    parser = _parser("vpnext benchmark", "Inference latency and training-step time of a configured VPNeXt.")
+    parser.add_argument("--repeats", type=int, default=10, help="timed rounds (median and p90 over them)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls per candidate first")
+    parser.add_argument("--train-batch-size", type=int, help="images per training step (default: batch)")
+    default_device = "cuda" if torch.cuda.is_available() else "cpu"
+    parser.add_argument("--device", choices=["cpu", "cuda"], default=default_device)
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--bf16", action="store_true", help="autocast forward passes to bfloat16")
+    parser.add_argument("--compile", action="store_true", help="torch.compile every candidate (slow on CPU)")
+    parser.add_argument("--no-train", action="store_true", help="skip the training-step comparison")
+    parser.add_argument(
+        "--per-module",
+        nargs="?",
+        type=int,
+        const=2,
+        default=0,
+        metavar="DEPTH",
+        help="also time and count MACs per decoder module, down to DEPTH name levels (default 2)",
+    )
+    args, overrides = parser.parse_known_args(list(argv) if argv is not None else None)
+    if args.repeats < 1 or args.warmup < 0:
+        parser.error("--repeats must be ≥ 1 and --warmup ≥ 0")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available")
+    try:
+        config = load_model_config(args.config, overrides)
+    except (ValueError, FileNotFoundError) as err:
+        parser.error(str(err))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = run_benchmark(
+        config,
+        tuple(args.image_size) if args.image_size else config.image_size,
+        batch_size=args.batch_size,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        device=args.device,
+        bf16=args.bf16,
+        compile_=args.compile,
+        train=not args.no_train,
+        train_batch_size=args.train_batch_size,
+        per_module=args.per_module,
+    )
+    print(format_report(result))
+    for note in config.notes:
+        print(f"note: {note}")
+    if args.json:
+        write_json(args.json, result)
+    return 0

@@ -1,0 +1,157 @@
+"""``vpnext flops``: parameters and inference MACs of a configured VPNeXt, per part (Table III).
+
+Counts one eval-mode forward pass with :func:`vpnext.tools.flops.count_macs` (fused attention and
+deformable convolutions included, see there) and attributes every op to one of the model's parts:
+
+- ``backbone``: ViT patch embedding (stride 16), blocks, final norm;
+- ``pyramid_embed``: ViTUp's hidden stride-4 embedding (``upsampler='hiclr'`` only);
+- ``head``: the context head (or Segmenter's mask transformer) and its classifier;
+- ``upsampler``: bilinear (0), mock pyramid or HiCLR;
+- ``aux``: the training-only auxiliary branches, which must be 0 in eval (Table III: VCR, deep
+  supervision, naive align and none cost the same at inference);
+- ``other``: ops VPNeXt runs outside these modules (e.g. the mask head's patch-class product).
+
+Usage::
+
+    vpnext flops --config experiments/vitup.yaml [--image-size H W] [--json FILE] [--model.x=y ...]
+
+The default image size is the config's training crop (``model.img_size`` or ``data.crop_size``).
+``--train-forward`` counts a training-mode forward instead (auxiliary branches included), which
+is what a counter that forgets ``model.eval()`` reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vpnext.models import VPNeXt
+from vpnext.tools.flops import OTHER, count_macs
+from vpnext.tools.model_config import ModelConfig, load_model_config
+
+__all__ = ["GROUPS", "main", "measure_macs"]
+
+#: Report group -> module-name prefix inside :class:`~vpnext.models.VPNeXt`.
+GROUPS = {name: name for name in ("backbone", "pyramid_embed", "head", "upsampler", "aux")}
+
+
+def measure_macs(
+    model: VPNeXt, image_size: tuple[int, int], batch_size: int = 1, train_forward: bool = False
+) -> dict[str, Any]:
+    """Inference MACs and parameters of ``model`` per part (the model is put in eval mode).
+
+    Args:
+        model: The model.
+        image_size: Input ``(height, width)``.
+        batch_size: Images per forward pass.
+        train_forward: Count a training-mode forward instead (auxiliary branches run). Not an
+            inference cost: for comparing with counters that ran the model in training mode.
+
+    Returns:
+        :meth:`~vpnext.tools.flops.MacReport.to_dict` plus ``decoder_gmacs`` (everything but the
+        backbone) and ``inference_params_m`` (parameters without the training-only ``aux``).
+    """
+    model.train(train_forward)
+    images = torch.randn(batch_size, 3, *image_size)
+    report = count_macs(model, images, groups=GROUPS).to_dict()
+    groups = report["groups"]
+    report["decoder_gmacs"] = report["gmacs"] - groups["backbone"]["gmacs"]
+    report["inference_params_m"] = report["params_m"] - groups["aux"]["params_m"]
+    return report
+
+
+def flops_result(
+    config: ModelConfig, image_size: tuple[int, int], batch_size: int = 1, train_forward: bool = False
+) -> dict[str, Any]:
+    """Build the configured model and return the JSON document of ``vpnext flops``."""
+    result = measure_macs(config.build(), image_size, batch_size, train_forward)
+    return {
+        **result,
+        "mode": "train" if train_forward else "eval",
+        "image_size": list(image_size),
+        "batch_size": batch_size,
+        "backbone": config.model_args["backbone"],
+        "switches": config.to_dict(),
+        "torch": torch.__version__,
+    }
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A plain-text table of MACs and parameters per part."""
+    switches = result["switches"]
+    height, width = result["image_size"]
+    upsampler = switches["upsampler"]
+    if upsampler == "hiclr":
+        upsampler += f"(depth {switches['hiclr_depth']})"
+    lines = [
+        f"{result['backbone']}, {height}x{width}, batch {result['batch_size']}, {result['mode']} forward, "
+        f"{switches['num_classes']} classes; aux={switches['aux']} head={switches['head']} "
+        f"upsampler={upsampler} decoder_dim={switches['decoder_dim']} pyramid_dim={switches['pyramid_dim']}",
+        f"{'part':<14}{'GMACs':>12}{'params (M)':>13}",
+    ]
+    for name, group in result["groups"].items():
+        if name == OTHER and not group["macs"] and not group["params"]:
+            continue
+        note = "  (training only)" if name == "aux" and group["params"] and result["mode"] == "eval" else ""
+        lines.append(f"{name:<14}{group['gmacs']:>12.3f}{group['params_m']:>13.3f}{note}")
+    lines.append(f"{'total':<14}{result['gmacs']:>12.3f}{result['params_m']:>13.3f}")
+    lines.append(f"{'decoder':<14}{result['decoder_gmacs']:>12.3f}{'':>13}  (total - backbone)")
+    return "\n".join(lines)
+
+
+def _parser(prog: str, description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        allow_abbrev=False,
+        epilog="Every --model.<arg>=<value> / --data.<arg>=<value> of `vpnext fit` overrides the configs.",
+    )
+    parser.add_argument("--config", action="append", default=[], type=Path, help="YAML config; repeatable")
+    parser.add_argument(
+        "--image-size", nargs=2, type=int, metavar=("H", "W"), help="input size (default: the training crop)"
+    )
+    parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
+    parser.add_argument("--json", type=Path, help="also write the result to this JSON file")
+    return parser
+
+
+def write_json(path: Path, result: dict[str, Any]) -> None:
+    """Write ``result`` as indented JSON, creating the parent folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``vpnext flops``.
+
+    Args:
+        argv: Arguments after ``flops``.
+
+    Returns:
+        Exit code (2 for a bad option or config).
+    """
+    parser = _parser("vpnext flops", "Parameters and inference MACs per part of a configured VPNeXt.")
+    parser.add_argument(
+        "--train-forward",
+        action="store_true",
+        help="count a training-mode forward (auxiliary branches run); not an inference cost",
+    )
+    args, overrides = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        config = load_model_config(args.config, overrides)
+    except (ValueError, FileNotFoundError) as err:
+        parser.error(str(err))
+    image_size = tuple(args.image_size) if args.image_size else config.image_size
+    result = flops_result(config, image_size, args.batch_size, args.train_forward)
+    print(format_table(result))
+    for note in config.notes:
+        print(f"note: {note}")
+    if args.json:
+        write_json(args.json, result)
+    return 0
