@@ -18,3 +18,56 @@ lint:
 
 quickstart:
 	$(BIN)/vpnext fit --config experiments/quickstart.yaml
+
+# ---- Reproducing the paper's Tables I-III (docs/reproducing.md) ---------------------------------
+# make ablate-vitup                        local runner, one run after another, into $(RUNS)
+# make ablate-vitup GPUS=0,1               one run at a time on each listed GPU
+# make ablate-vitup ARGS="--data.dataset=synthetic --trainer.max_steps=30"   overrides for every run
+# make ablate-vitup SWEEP=wandb            register the sweep with W&B and start an agent here
+RUNS ?= runs/sweeps
+ARGS ?=
+GPUS ?=
+SWEEP ?= local
+WANDB_PROJECT ?= vpnext
+# W&B runs must log to W&B, the local ones need not; add the W&B logger only to the W&B sweep.
+WANDB_ARGS ?= --trainer.logger+=WandbLogger --trainer.logger.init_args.project=$(WANDB_PROJECT)
+
+ifeq ($(SWEEP),wandb)
+# The exported copy carries ARGS in its command; `wandb sweep` prints the agent command to run.
+run_sweep = $(BIN)/vpnext sweep $(1) --export $(RUNS)/wandb/$(notdir $(1)) -- $(WANDB_ARGS) $(ARGS) && \
+	$(BIN)/wandb sweep --project $(WANDB_PROJECT) $(RUNS)/wandb/$(notdir $(1)) 2>&1 | tee $(RUNS)/wandb/$(basename $(notdir $(1))).log && \
+	$(BIN)/wandb agent $$(sed -n 's/.*wandb agent \([^ ]*\).*/\1/p' $(RUNS)/wandb/$(basename $(notdir $(1))).log | tail -n 1)
+else ifeq ($(SWEEP),local)
+run_sweep = $(BIN)/vpnext sweep $(1) --runs-dir $(RUNS) $(if $(GPUS),--gpus $(GPUS)) -- $(ARGS)
+else
+run_sweep = $(error SWEEP must be local or wandb, not '$(SWEEP)')
+endif
+
+.PHONY: ablate-vcr ablate-vitup ablate-extra flops tables
+ablate-vcr:    ## Table I: deep supervision, mask decoder, VCR with 1-3 layers
+	$(call run_sweep,sweeps/vcr_layers.yaml)
+
+ablate-vitup:  ## Table II: bilinear, mock pyramid, HiCLR depth 1-5
+	$(call run_sweep,sweeps/vitup.yaml)
+
+ablate-extra:  ## no aux loss, naive align, VCR with/without stop-gradient
+	$(call run_sweep,sweeps/extras.yaml)
+
+# Table III: inference GMACs at the paper's setting (ViT-L/16, 480x480, 59 classes).
+FLOPS_CONFIG ?= experiments/vitup.yaml
+FLOPS_SIZE ?= 480 480
+FLOPS_ARGS ?= --data.dataset=pascal_context --model.num_classes=59 --model.img_size=480 \
+	--model.backbone=vit_large_patch16_384 --model.aux_layers=2
+# $(1): output name, $(2): the variant's switches.
+flops_for = $(BIN)/vpnext flops --config $(FLOPS_CONFIG) --image-size $(FLOPS_SIZE) $(FLOPS_ARGS) $(2) \
+	--json $(RUNS)/flops/$(1).json
+flops:         ## Table III: deep supervision, mask decoder w/o and with pyramid, VCR, VPNeXt (HiCLR 3)
+	mkdir -p $(RUNS)/flops
+	$(call flops_for,deep_supervision,--model.aux=deep_supervision --model.head=context --model.upsampler=bilinear)
+	$(call flops_for,mask_decoder,--model.aux=none --model.head=mask_transformer --model.upsampler=bilinear)
+	$(call flops_for,mask_decoder_pyramid,--model.aux=none --model.head=mask_transformer --model.upsampler=mock_pyramid)
+	$(call flops_for,vcr,--model.aux=vcr --model.head=context --model.upsampler=bilinear)
+	$(call flops_for,vpnext,--model.aux=vcr --model.head=context --model.upsampler=hiclr --model.hiclr_depth=3)
+
+tables:        ## Markdown Tables I-III and a plot from every results.json under $(RUNS)
+	$(BIN)/vpnext report $(RUNS)

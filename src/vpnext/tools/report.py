@@ -1,0 +1,368 @@
+"""``vpnext report``: the paper's Tables I–III from finished runs, plus a plot of mIoU vs HiCLR depth.
+
+Every ``results.json`` under ``RUNS_DIR`` is read and placed in a table row by its ablation
+switches (the ``model`` block of ``results.json``), never by its directory name, so runs started
+by ``vpnext sweep``, ``wandb agent`` or by hand all count. One run can fill rows of two tables
+(VCR with 2 layers and the bilinear upsampler is both Table I's "Our VCR, 2" and Table II's
+"Bilinear, 0", as in the paper).
+
+* Table I (VCR): upsampler bilinear (or HiCLR depth 0); deep supervision, the Segmenter mask
+  decoder and VCR, by number of auxiliary layers.
+* Table II (ViTUp): VCR with 2 layers; bilinear, mock pyramid and HiCLR depth 1–5.
+* Table III (cost): GMACs from the ``vpnext flops --json`` files under ``RUNS_DIR/flops``.
+* All runs: every run with its switches, including ablations the paper has no table for.
+
+Paper rows without a run show ``–``. When several runs land in one row (say, a smoke test and a
+full run), the one that finished last is shown and a note says so; runs whose dataset, backbone,
+crop or step count differ from each other are listed under the table, since their numbers are
+not comparable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Run", "load_flops", "load_runs", "main", "render_report"]
+
+RESULTS_FILE = "results.json"  # the CLI's per-run output; kept in sync with vpnext.training.results
+FLOPS_DIR = "flops"
+MISSING = "–"
+
+
+@dataclass(frozen=True)
+class Run:
+    """The parts of one ``results.json`` the tables need.
+
+    Args:
+        path: The ``results.json`` file.
+        model: The run's ablation switches (``model`` block).
+        miou: mIoU as a fraction, ``None`` if the run never evaluated.
+        finished_at: ISO timestamp; the latest run wins a contested row.
+        setting: What must agree between runs of one table (dataset, backbone, crop, steps).
+    """
+
+    path: Path
+    model: dict[str, Any]
+    miou: float | None
+    finished_at: str
+    setting: tuple[tuple[str, Any], ...]
+
+
+def load_runs(runs_dir: str | Path, metric: str = "mIoU", split: str = "val") -> list[Run]:
+    """All runs under ``runs_dir`` evaluated on ``split`` (``results.json`` files, any depth)."""
+    runs = []
+    for path in sorted(Path(runs_dir).rglob(RESULTS_FILE)):
+        record = json.loads(path.read_text())
+        if record.get("split") != split or not isinstance(record.get("model"), dict):
+            continue
+        data = record.get("data") or {}
+        setting = (
+            ("dataset", data.get("dataset")),
+            ("backbone", record["model"].get("backbone")),
+            ("crop", _plain(data.get("crop_size"))),
+            ("steps", record.get("optimizer_steps")),
+        )
+        runs.append(
+            Run(path, record["model"], record.get(metric), str(record.get("finished_at", "")), setting)
+        )
+    return runs
+
+
+def load_flops(runs_dir: str | Path) -> list[dict[str, Any]]:
+    """The ``vpnext flops --json`` files under ``runs_dir/flops``: switches, MACs, image size, path."""
+    folder = Path(runs_dir) / FLOPS_DIR
+    records = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        record = json.loads(path.read_text())
+        if isinstance(record, dict) and isinstance(record.get("switches"), dict) and "macs" in record:
+            records.append({**record, "_path": path})
+    return records
+
+
+# ---- which row a run belongs to ---------------------------------------------------------------
+# A row key is (sort key, method, second column); None means "not in this table".
+RowKey = tuple[tuple[int, int], str, str]
+
+
+def _num_aux(model: dict[str, Any]) -> int:
+    layers = model.get("aux_layers", 2)
+    return len(layers) if isinstance(layers, list) else int(layers)
+
+
+def _is_bilinear(model: dict[str, Any]) -> bool:
+    # VPNeXt treats HiCLR depth 0 as the bilinear path.
+    return model.get("upsampler") == "bilinear" or (
+        model.get("upsampler") == "hiclr" and model.get("hiclr_depth") == 0
+    )
+
+
+def _is_vcr(model: dict[str, Any]) -> bool:
+    """VCR as the paper defines it: context head, replayed context as a fixed prior."""
+    return (
+        model.get("aux") == "vcr" and model.get("head") == "context" and model.get("replay_stop_grad", True)
+    )
+
+
+def table1_row(model: dict[str, Any]) -> RowKey | None:
+    """Table I row: method and number of deep-supervision layers."""
+    if not _is_bilinear(model):
+        return None
+    n = _num_aux(model)
+    if model.get("head") == "mask_transformer" and model.get("aux") == "none":
+        return (1, 0), "Mask decoder w/o pyramid", "2 (implicit)"  # Segmenter's 2 decoder blocks
+    if model.get("head") == "context" and model.get("aux") == "deep_supervision":
+        return (0, n), "Deep supervision", str(n)
+    if _is_vcr(model):
+        return (2, n), "Our VCR", str(n)
+    return None
+
+
+def table2_row(model: dict[str, Any]) -> RowKey | None:
+    """Table II row: upsampler and number of HiCLR layers (VCR with 2 layers in every row)."""
+    if not (_is_vcr(model) and _num_aux(model) == 2):
+        return None
+    if _is_bilinear(model):
+        return (0, 0), "Bilinear", "0"
+    if model.get("upsampler") == "mock_pyramid":
+        return (1, 2), "Mock pyramid", "2"
+    if model.get("upsampler") == "hiclr":
+        depth = int(model["hiclr_depth"])
+        return (2, depth), "Our real pyramid", str(depth)
+    return None
+
+
+def table3_row(model: dict[str, Any]) -> RowKey | None:
+    """Table III row: method and whether it has a pyramid upsampler (inference cost only)."""
+    pyramid = not _is_bilinear(model)
+    mark = "√" if pyramid else "-"
+    if model.get("head") == "mask_transformer":
+        return (1, int(pyramid)), "Mask decoder", mark
+    if model.get("head") != "context":
+        return None
+    if model.get("aux") == "deep_supervision" and not pyramid:
+        return (0, 0), "Deep supervision", mark
+    if model.get("aux") == "vcr" and (not pyramid or model.get("upsampler") == "hiclr"):
+        return (2, int(pyramid)), "Our VPNeXt", mark
+    return None
+
+
+TABLE1_ROWS: list[RowKey] = [
+    ((0, 2), "Deep supervision", "2"),
+    ((1, 0), "Mask decoder w/o pyramid", "2 (implicit)"),
+    ((2, 1), "Our VCR", "1"),
+    ((2, 2), "Our VCR", "2"),
+    ((2, 3), "Our VCR", "3"),
+]
+TABLE2_ROWS: list[RowKey] = [
+    ((0, 0), "Bilinear", "0"),
+    ((1, 2), "Mock pyramid", "2"),
+    *[((2, t), "Our real pyramid", str(t)) for t in range(1, 6)],
+]
+TABLE3_ROWS: list[RowKey] = [
+    ((0, 0), "Deep supervision", "-"),
+    ((1, 0), "Mask decoder", "-"),
+    ((1, 1), "Mask decoder", "√"),
+    ((2, 0), "Our VPNeXt", "-"),
+    ((2, 1), "Our VPNeXt", "√"),
+]
+
+
+# ---- rendering ----------------------------------------------------------------------------------
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """A GitHub Markdown table; a method repeated on consecutive rows is written once, as in the paper."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    previous = None
+    for row in rows:
+        cells = list(row)
+        if cells[0] == previous:
+            cells[0] = ""
+        else:
+            previous = cells[0]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _fill(
+    runs: Sequence[Run], row_of: Callable[[dict[str, Any]], RowKey | None], paper_rows: Sequence[RowKey]
+) -> tuple[dict[RowKey, Run | None], list[str]]:
+    """Place runs in rows (paper rows always present); notes on contested rows and mixed settings."""
+    rows: dict[RowKey, Run | None] = dict.fromkeys(paper_rows)
+    matched: dict[RowKey, list[Run]] = {}
+    for run in runs:
+        key = row_of(run.model)
+        if key is not None:
+            matched.setdefault(key, []).append(run)
+    notes = []
+    for key, candidates in matched.items():
+        candidates.sort(key=lambda r: r.finished_at)
+        rows[key] = candidates[-1]
+        if len(candidates) > 1:
+            others = ", ".join(str(r.path.parent) for r in candidates[:-1])
+            notes.append(f"{key[1]} {key[2]}: {len(candidates)} runs; shows the latest, not {others}")
+    shown = [r for r in rows.values() if r is not None]
+    for index, name in enumerate(("dataset", "backbone", "crop", "steps")):
+        values = sorted({str(r.setting[index][1]) for r in shown})
+        if len(values) > 1:
+            notes.append(f"runs differ in {name}: {', '.join(values)} (numbers not comparable)")
+    return dict(sorted(rows.items(), key=lambda item: item[0][0])), notes
+
+
+def _setting_line(runs: Iterable[Run | None]) -> str:
+    shown = [r for r in runs if r is not None]
+    if not shown:
+        return "No runs yet."
+    parts = []
+    for index, (name, _) in enumerate(shown[0].setting):
+        values = sorted({str(r.setting[index][1]) for r in shown})
+        parts.append(f"{name} {'/'.join(values)}")
+    return f"{len(shown)} run(s): " + ", ".join(parts) + "."
+
+
+def _percent(value: float | None) -> str:
+    return MISSING if value is None else f"{100 * value:.2f}"
+
+
+def _miou_section(title: str, second: str, filled: dict[RowKey, Run | None], notes: list[str]) -> str:
+    table = markdown_table(
+        ["Methods", second, "mIoU(%)"],
+        [(key[1], key[2], _percent(run.miou if run else None)) for key, run in filled.items()],
+    )
+    lines = [f"## {title}", "", table, "", _setting_line(filled.values())]
+    lines += [f"- note: {note}" for note in notes]
+    return "\n".join(lines)
+
+
+def _flops_section(records: Sequence[dict[str, Any]]) -> str:
+    rows: dict[RowKey, dict[str, Any] | None] = dict.fromkeys(TABLE3_ROWS)
+    for record in records:
+        key = table3_row(record["switches"])
+        if key is not None:
+            rows[key] = record
+    table = markdown_table(
+        ["Methods", "Pyramid upsampler", "GMACs"],
+        [(k[1], k[2], MISSING if r is None else f"{r['macs'] / 1e9:.2f}") for k, r in sorted(rows.items())],
+    )
+    sizes = sorted({"x".join(map(str, r.get("image_size", []))) for r in rows.values() if r is not None})
+    backbones = sorted({str(r["switches"].get("backbone")) for r in rows.values() if r is not None})
+    info = (
+        f"Inference MACs (eval mode) of {'/'.join(backbones)} at {'/'.join(sizes)}."
+        if backbones
+        else f"No `vpnext flops --json` files in `{FLOPS_DIR}/` (run `make flops`)."
+    )
+    return "\n".join(["## Table III: computational cost", "", table, "", info])
+
+
+def _all_runs_section(runs: Sequence[Run], root: Path) -> str:
+    switches = ["aux", "aux_layers", "head", "upsampler", "hiclr_depth", "replay_stop_grad"]
+    rows = sorted(
+        [
+            *(_cell(run.model.get(s)) for s in switches),
+            _percent(run.miou),
+            f"`{run.path.parent.relative_to(root)}`",
+        ]
+        for run in runs
+    )
+    header = [*switches, "mIoU(%)", "run"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    return "\n".join(["## All runs", "", *lines])
+
+
+def _cell(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def render_report(
+    runs_dir: str | Path, metric: str = "mIoU"
+) -> tuple[str, dict[str, dict[RowKey, Run | None]]]:
+    """The Markdown report and the filled Table I/II rows (for the plot)."""
+    root = Path(runs_dir)
+    runs = load_runs(root, metric)
+    table1, notes1 = _fill(runs, table1_row, TABLE1_ROWS)
+    table2, notes2 = _fill(runs, table2_row, TABLE2_ROWS)
+    sections = [
+        f"# VPNeXt ablations ({metric}, single scale)",
+        _miou_section("Table I: ablation on VCR", "Num# DS layers", table1, notes1),
+        _miou_section("Table II: ablation on ViTUp", "Num# HiCLR layers", table2, notes2),
+        _flops_section(load_flops(root)),
+        _all_runs_section(runs, root),
+    ]
+    return "\n\n".join(sections) + "\n", {"table1": table1, "table2": table2}
+
+
+def plot_hiclr_depth(table2: dict[RowKey, Run | None], out: Path) -> Path:
+    """mIoU against HiCLR depth (0 = bilinear) with the mock pyramid as a reference line."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    depths, values, mock = [], [], None
+    for key, run in table2.items():
+        if run is None or run.miou is None:
+            continue
+        if key[1] == "Mock pyramid":
+            mock = 100 * run.miou
+        else:
+            depths.append(int(key[2]))
+            values.append(100 * run.miou)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(depths, values, marker="o", label="bilinear (0) / real pyramid + HiCLR")
+    if mock is not None:
+        ax.axhline(mock, linestyle="--", color="gray", label="mock pyramid")
+    ax.set_xlabel("Num# HiCLR layers")
+    ax.set_ylabel("mIoU (%)")
+    ax.set_xticks(range(6))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize="small")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vpnext report",
+        description="Write the paper's Tables I–III (Markdown) and a plot from finished runs.",
+    )
+    parser.add_argument("runs_dir", help="folder searched (recursively) for results.json files")
+    parser.add_argument("--out", help="output folder for tables.md and hiclr_depth.png (default: RUNS_DIR)")
+    parser.add_argument(
+        "--metric",
+        choices=["mIoU", "best_mIoU"],
+        default="mIoU",
+        help="mIoU at the end of training (the paper's protocol) or the best validation mIoU",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``vpnext report RUNS_DIR [--out DIR] [--metric mIoU|best_mIoU]``; returns an exit code."""
+    parser = build_parser()
+    options = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    root = Path(options.runs_dir)
+    if not root.is_dir():
+        parser.error(f"{root} is not a folder")
+    out = Path(options.out) if options.out else root
+    out.mkdir(parents=True, exist_ok=True)
+    markdown, tables = render_report(root, options.metric)
+    (out / "tables.md").write_text(markdown)
+    plot_hiclr_depth(tables["table2"], out / "hiclr_depth.png")
+    print(markdown)
+    print(f"vpnext report: wrote {out / 'tables.md'} and {out / 'hiclr_depth.png'}", file=sys.stderr)
+    return 0
+
+
+def _plain(value: Any) -> Any:
+    return "x".join(map(str, value)) if isinstance(value, list) else value
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,165 @@
+"""``vpnext report``: rows chosen from the switches in results.json, exact Markdown, the plot."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vpnext.tools import report
+
+SETTING = {"dataset": "synthetic", "num_classes": 4, "crop_size": [64, 64]}
+
+
+def model(**switches) -> dict:
+    base = dict(
+        backbone="vit_tiny_patch16_224",
+        aux="vcr",
+        aux_layers=2,
+        head="context",
+        upsampler="bilinear",
+        hiclr_depth=0,
+        replay_stop_grad=True,
+    )
+    return {**base, **switches}
+
+
+def write_run(
+    root: Path, name: str, miou: float | None, finished: str = "2025-01-01T00:00:00+00:00", steps=30, **sw
+):
+    # Directory names deliberately say nothing true: rows must come from the switches.
+    folder = root / name
+    folder.mkdir(parents=True)
+    record = {
+        "schema_version": 1,
+        "stage": "fit",
+        "split": "val",
+        "mIoU": miou,
+        "best_mIoU": None if miou is None else miou + 0.01,
+        "model": model(**sw),
+        "data": SETTING,
+        "optimizer_steps": steps,
+        "finished_at": finished,
+    }
+    (folder / "results.json").write_text(json.dumps(record))
+    return folder
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Path:
+    root = tmp_path / "runs"
+    write_run(root, "a", 0.4011, aux="deep_supervision")
+    write_run(root, "b", 0.4222, aux="none", head="mask_transformer")
+    write_run(root, "c", 0.4333, aux_layers=1)
+    write_run(root, "d", 0.4444)  # VCR 2 layers, bilinear: Table I and Table II
+    write_run(root, "e", 0.4555, upsampler="mock_pyramid")
+    write_run(root, "nested/f", 0.4666, upsampler="hiclr", hiclr_depth=3)
+    write_run(root, "g", 0.4777, upsampler="hiclr", hiclr_depth=1, aux_layers=[3, 7])  # 2 explicit layers
+    write_run(root, "h", 0.3, upsampler="hiclr", hiclr_depth=2, replay_stop_grad=False)  # extras only
+    write_run(root, "i", 0.3, aux="naive_align")  # extras only
+    return root
+
+
+def section(markdown: str, title: str) -> list[str]:
+    lines = markdown.split("\n")
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"## {title}"))
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return lines[start:end]
+
+
+def table_rows(markdown: str, title: str) -> list[str]:
+    return [line for line in section(markdown, title)[4:] if line.startswith("| ")]
+
+
+def test_table1_rows_exact(runs: Path) -> None:
+    markdown, _ = report.render_report(runs)
+    assert table_rows(markdown, "Table I") == [
+        "| Deep supervision | 2 | 40.11 |",
+        "| Mask decoder w/o pyramid | 2 (implicit) | 42.22 |",
+        "| Our VCR | 1 | 43.33 |",
+        "|  | 2 | 44.44 |",
+        "|  | 3 | – |",
+    ]
+    assert section(markdown, "Table I")[2] == "| Methods | Num# DS layers | mIoU(%) |"
+
+
+def test_table2_rows_exact(runs: Path) -> None:
+    markdown, _ = report.render_report(runs)
+    assert table_rows(markdown, "Table II") == [
+        "| Bilinear | 0 | 44.44 |",
+        "| Mock pyramid | 2 | 45.55 |",
+        "| Our real pyramid | 1 | 47.77 |",
+        "|  | 2 | – |",  # the run with replay_stop_grad=False is not the paper's VCR
+        "|  | 3 | 46.66 |",
+        "|  | 4 | – |",
+        "|  | 5 | – |",
+    ]
+    assert "4 run(s): dataset synthetic, backbone vit_tiny_patch16_224, crop 64x64, steps 30." in markdown
+
+
+def test_extra_runs_are_listed_but_not_in_paper_tables(runs: Path) -> None:
+    markdown, _ = report.render_report(runs)
+    everything = section(markdown, "All runs")
+    assert len([line for line in everything if line.startswith("| ")]) == 2 + 9  # header, separator, runs
+    assert "| naive_align | 2 | context | bilinear | 0 | true | 30.00 | `i` |" in everything
+    assert "| vcr | 2 | context | hiclr | 2 | false | 30.00 | `h` |" in everything
+
+
+def test_latest_run_wins_a_contested_row_and_mixed_settings_are_flagged(runs: Path) -> None:
+    write_run(runs, "z-smoke", 0.1, finished="2024-01-01T00:00:00+00:00", steps=5, upsampler="mock_pyramid")
+    write_run(runs, "z-late", 0.9, finished="2026-01-01T00:00:00+00:00", steps=5, aux_layers=3)
+    markdown, _ = report.render_report(runs)
+    assert "| Mock pyramid | 2 | 45.55 |" in table_rows(markdown, "Table II")  # not the older 10.00
+    assert "|  | 3 | 90.00 |" in table_rows(markdown, "Table I")
+    notes = "\n".join(section(markdown, "Table II"))
+    assert "Mock pyramid 2: 2 runs; shows the latest" in notes
+    assert "runs differ in steps: 30, 5" in "\n".join(section(markdown, "Table I"))
+
+
+def test_best_metric_and_unevaluated_runs(runs: Path) -> None:
+    write_run(runs, "never-evaluated", None, upsampler="hiclr", hiclr_depth=5)
+    markdown, _ = report.render_report(runs, metric="best_mIoU")
+    rows = table_rows(markdown, "Table II")
+    assert rows[0] == "| Bilinear | 0 | 45.44 |"
+    assert rows[-1] == "|  | 5 | – |"
+
+
+def test_table3_from_flops_json(runs: Path) -> None:
+    flops = runs / "flops"
+    flops.mkdir()
+    entries = {
+        "ds": (model(aux="deep_supervision"), 356.69e9),
+        "mask": (model(aux="none", head="mask_transformer"), 359.99e9),
+        "mask_pyr": (model(aux="none", head="mask_transformer", upsampler="mock_pyramid"), 2100e9),
+        "vcr": (model(), 356.69e9),
+        "vpnext": (model(upsampler="hiclr", hiclr_depth=3), 1007.62e9),
+    }
+    for name, (switches, macs) in entries.items():
+        switches["backbone"] = "vit_large_patch16_384"
+        record = {"switches": switches, "macs": macs, "gmacs": macs / 1e9, "image_size": [480, 480]}
+        (flops / f"{name}.json").write_text(json.dumps(record))
+    markdown, _ = report.render_report(runs)
+    assert section(markdown, "Table III")[2] == "| Methods | Pyramid upsampler | GMACs |"
+    assert table_rows(markdown, "Table III") == [
+        "| Deep supervision | - | 356.69 |",
+        "| Mask decoder | - | 359.99 |",
+        "|  | √ | 2100.00 |",
+        "| Our VPNeXt | - | 356.69 |",
+        "|  | √ | 1007.62 |",
+    ]
+    assert "vit_large_patch16_384 at 480x480" in markdown
+
+
+def test_main_writes_markdown_and_png(runs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert report.main([str(runs), "--out", str(out)]) == 0
+    assert (out / "tables.md").read_text().startswith("# VPNeXt ablations")
+    png = (out / "hiclr_depth.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
+
+
+def test_main_rejects_missing_folder(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        report.main([str(tmp_path / "nope")])
+    assert exit_.value.code == 2
