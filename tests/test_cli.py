@@ -222,3 +222,9 @@ def test_extra_commands_dispatch_before_lightning(
     assert main(["count", "args", "a", "b", "c"]) == 3  # the function gets only what follows
     assert main(["data", "prepare", "--help"]) == 0
     assert "vpnext data prepare" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["data prepare", "flops", "benchmark", "sweep", "report"])
+def test_every_tool_is_a_vpnext_command(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*command.split(), "--help"]) == 0
+    assert f"vpnext {command}" in capsys.readouterr().out

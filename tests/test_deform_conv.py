@@ -104,6 +104,21 @@ def test_offset_layout_dy_then_dx(impl: str, axis: int) -> None:
         torch.testing.assert_close(out[..., :-1], conv[..., 1:], rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("impl", FAST_IMPLS)
+def test_autocast_runs_in_float32(impl: str) -> None:
+    # bf16 activations meet fp32 weights under autocast; the op must compute (and return) fp32.
+    x, offset, weight, bias = (t.detach().float() for t in _inputs())
+    x_bf16, offset_bf16 = x.bfloat16().requires_grad_(), offset.bfloat16()
+    weight.requires_grad_()
+    with torch.autocast("cpu", torch.bfloat16):
+        out = deform_conv3x3(x_bf16, offset_bf16, weight, bias, impl=impl)
+    assert out.dtype == torch.float32
+    expected = deform_conv3x3(x_bf16.detach().float(), offset_bf16.float(), weight.detach(), bias, impl=impl)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)  # bf16 compute would be ~1e-2 off
+    out.sum().backward()
+    assert x_bf16.grad is not None and x_bf16.grad.dtype == torch.bfloat16 and weight.grad is not None
+
+
 def test_no_grad_and_single_row_maps() -> None:
     # H = 1 is where an align_corners=True grid would divide by zero.
     x, offset, weight, bias = (t.detach() for t in _inputs(size=(1, 6)))

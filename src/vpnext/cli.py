@@ -50,6 +50,8 @@ EXTRA_COMMANDS: dict[str, str] = {
     "data prepare": "vpnext.data.prepare:main",
     "flops": "vpnext.tools.flops_cmd:main",
     "benchmark": "vpnext.tools.benchmark:main",
+    "sweep": "vpnext.tools.sweep:main",
+    "report": "vpnext.tools.report:main",
 }
 
 #: Environment variable through which the launching process hands its run directory to the

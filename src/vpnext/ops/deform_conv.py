@@ -26,6 +26,7 @@ The two sampling implementations are one ``torch.library`` op, ``vpnext::deform_
 :func:`deform_conv_macs`. Its backward recomputes the sampled columns with autograd instead of
 keeping them from the forward (less memory, one extra gather), so double backward is not
 supported and the public function is excluded from ``torch.compile`` graphs (a graph break).
+Under ``torch.autocast`` it computes in float32 and returns float32.
 """
 
 from __future__ import annotations
@@ -226,6 +227,10 @@ def _backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
 
 
 _deform_conv3x3_op.register_autograd(_backward, setup_context=_setup_context)
+# Under autocast the op runs in float32, as torchvision's deform_conv2d does: sampling
+# coordinates in bfloat16 are off by whole pixels beyond 256 (8-bit mantissa).
+for _device in ("cpu", "cuda"):
+    torch.library.register_autocast(_deform_conv3x3_op, _device, torch.float32)
 
 
 def deform_conv_macs(in_channels: int, weight_shape: Sequence[int], out_shape: Sequence[int]) -> int:
