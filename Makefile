@@ -22,7 +22,7 @@ quickstart:
 # ---- Reproducing the paper's Tables I-III (docs/reproducing.md) ---------------------------------
 # make ablate-vitup                        local runner, one run after another, into $(RUNS)
 # make ablate-vitup GPUS=0,1               one run at a time on each listed GPU
-# make ablate-vitup ARGS="--data.dataset=synthetic --trainer.max_steps=30"   overrides for every run
+# make ablate-vitup ARGS="--config experiments/cpu.yaml"   overrides for every run (here: CPU scale)
 # make ablate-vitup SWEEP=wandb            register the sweep with W&B and start an agent here
 RUNS ?= runs/sweeps
 ARGS ?=

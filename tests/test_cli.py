@@ -139,6 +139,20 @@ def test_experiment_configs_parse(config: str, expected: dict, capsys: pytest.Ca
         assert parsed["trainer"]["devices"] * parsed["data"]["batch_size"] == 16
 
 
+@pytest.mark.parametrize("config", ["vcr_layers.yaml", "vitup.yaml"])
+def test_cpu_scale_keeps_the_paper_config_variant(config: str, capsys: pytest.CaptureFixture[str]) -> None:
+    experiments = Path(__file__).resolve().parents[1] / "experiments"
+    paper = ["fit", "--config", str(experiments / config)]
+    assert main([*paper, "--print_config"]) == 0
+    original = yaml.safe_load(capsys.readouterr().out)
+    assert main([*paper, "--config", str(experiments / "cpu.yaml"), "--print_config"]) == 0
+    scaled = yaml.safe_load(capsys.readouterr().out)
+    switches = ("aux", "aux_layers", "head", "upsampler", "hiclr_depth", "replay_stop_grad")
+    assert {k: scaled["model"][k] for k in switches} == {k: original["model"][k] for k in switches}
+    assert scaled["model"]["backbone"] == "vit_tiny_patch16_224" and scaled["trainer"]["accelerator"] == "cpu"
+    assert scaled["data"]["dataset"] == "synthetic" and scaled["data"]["slide_crop"] is None
+
+
 def test_print_config_and_help_show_ablation_switches(capsys: pytest.CaptureFixture[str]) -> None:
     overrides = ["--model.aux=deep_supervision", "--model.hiclr_depth=5", "--model.aux_layers=[4, 8]"]
     assert main(["fit", *overrides, "--model.replay_stop_grad=False", "--print_config"]) == 0

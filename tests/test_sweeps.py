@@ -233,6 +233,20 @@ def test_override_of_a_swept_switch_warns(capsys: pytest.CaptureFixture, tmp_pat
     assert warnings == ["vpnext sweep: warning: --model.hiclr_depth=2 overrides a swept value in every run"]
 
 
+def test_a_config_file_that_sets_a_swept_switch_warns(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    argv = [VITUP, "--runs-dir", str(tmp_path), "--dry-run", "--"]
+    quickstart, cpu = (str(REPO_ROOT / "experiments" / name) for name in ("quickstart.yaml", "cpu.yaml"))
+    assert runner.main([*argv, "--config", quickstart]) == 0
+    warnings = [line for line in capsys.readouterr().err.split("\n") if "warning" in line]
+    assert warnings == [
+        f"vpnext sweep: warning: --config {quickstart} (model.hiclr_depth, model.upsampler) "
+        "overrides a swept value in every run"
+    ]
+    # The CPU-scale file is made to be appended to any sweep: it sets no ablation switch.
+    assert runner.main([*argv, f"--config={cpu}"]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_export_appends_overrides_to_the_wandb_command(tmp_path: Path) -> None:
     out = tmp_path / "vitup.yaml"
     assert runner.main([VITUP, "--export", str(out), "--", "--trainer.max_steps=5"]) == 0

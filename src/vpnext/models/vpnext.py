@@ -19,11 +19,11 @@ from vpnext.models.outputs import VPNeXtOutput
 from vpnext.models.upsamplers import BilinearUpsampler, MockPyramid
 from vpnext.models.vcr import DeepSupervision, NaiveAlign, VisualContextReplay
 from vpnext.models.vitup import HiCLR, HiddenPyramidEmbedding
+from vpnext.ops.deform_conv import DeformImpl
 
 AuxMode = Literal["none", "deep_supervision", "naive_align", "vcr"]
 HeadMode = Literal["context", "mask_transformer"]
 UpsamplerMode = Literal["bilinear", "mock_pyramid", "hiclr"]
-DeformImpl = Literal["auto", "grid_sample", "torchvision"]
 
 
 def resolve_aux_layers(aux_layers: int | Sequence[int], depth: int) -> list[int]:
@@ -73,8 +73,8 @@ class VPNeXt(nn.Module):
             (stop-gradient). ``False`` lets the auxiliary loss update them too.
         pyramid_embed: How ViTUp computes the stride-4 embedding: ``folded`` (projection folded
             into the patch conv, cheaper) or ``shared`` (full-width map once, sub-sampled).
-        deform_impl: Deformable conv kernel: ``auto`` (fastest measured), ``grid_sample`` or
-            ``torchvision``.
+        deform_impl: Deformable conv kernel: ``auto`` (fastest measured on the device),
+            ``embedding_bag``, ``grid_sample`` or ``torchvision`` (same values and gradients).
 
     Raises:
         ValueError: For ``aux='vcr'`` with ``head='mask_transformer'`` (nothing to replay) and

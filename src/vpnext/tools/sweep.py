@@ -159,7 +159,11 @@ def plan_runs(
 
 
 def overridden_sweep_keys(sweep: dict[str, Any], overrides: Sequence[str]) -> list[str]:
-    """Extra overrides that set a swept key (they would make several grid points identical)."""
+    """Extra overrides that set a swept key (they would make several grid points identical).
+
+    Both ``--model.x=value`` options and ``--config FILE`` files are checked; a file is named
+    with the swept keys it sets, e.g. ``--config experiments/quickstart.yaml (model.upsampler)``.
+    """
     keys = set()
     for name, spec in (sweep.get("parameters") or {}).items():
         if "values" not in spec:
@@ -168,7 +172,38 @@ def overridden_sweep_keys(sweep: dict[str, Any], overrides: Sequence[str]) -> li
         for value in spec["values"]:
             if isinstance(value, dict):
                 keys |= {f"{name}.{k}" for k in value}
-    return [o for o in overrides if o.startswith("--") and o[2:].split("=", 1)[0] in keys]
+    clashes = []
+    for i, option in enumerate(overrides):
+        name, _, inline = option.removeprefix("--").partition("=")
+        if not option.startswith("--"):
+            continue
+        if name == "config":
+            path = inline or (overrides[i + 1] if i + 1 < len(overrides) else "")
+            hit = sorted(keys & _dotted_keys(path))
+            if hit:
+                clashes.append(f"--config {path} ({', '.join(hit)})")
+        elif name in keys:
+            clashes.append(option)
+    return clashes
+
+
+def _dotted_keys(config_file: str) -> set[str]:
+    """The leaf key paths a YAML config file sets (``model.aux``...); empty if unreadable."""
+    try:
+        tree = yaml.safe_load(Path(config_file).read_text())
+    except (OSError, yaml.YAMLError):
+        return set()  # the CLI reports a missing or broken file itself
+    found: set[str] = set()
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            found.add(prefix[:-1])
+
+    walk(tree, "")
+    return found
 
 
 def export_sweep(sweep_file: str | Path, out: str | Path, overrides: Sequence[str]) -> Path:
