@@ -64,6 +64,13 @@ def test_param_groups_unique_names_without_layer_decay() -> None:
     assert all(g["lr"] == pytest.approx(1e-3) for g in groups)
 
 
+def test_param_groups_unique_names_without_weight_decay() -> None:
+    groups = build_param_groups(VPNeXt(num_classes=4, **TINY), lr=1e-3, weight_decay=0.0)
+    assert len({g["name"] for g in groups}) == len(groups)
+    assert {g["name"].rsplit(".", 1)[1] for g in groups} == {"decay", "no_decay"}
+    assert all(g["weight_decay"] == 0.0 for g in groups)
+
+
 def test_mask_head_class_embeddings_not_decayed() -> None:
     model = VPNeXt(num_classes=4, aux="none", head="mask_transformer", upsampler="bilinear", **TINY)
     head_names = {n for n in model.no_weight_decay() if n.startswith("head.")}

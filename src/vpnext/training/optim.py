@@ -58,9 +58,11 @@ def build_param_groups(
     vit_no_decay |= {f"vit.{n}" for n in vit.no_weight_decay()}
 
     wrapper = _BeitLayerIds(vit)
+    # timm marks its no-decay groups only by weight_decay=0, which with weight_decay=0 would be
+    # every group: ask for a non-zero decay, read the kind off it, then set the real value.
     groups = param_groups_layer_decay(
         wrapper,
-        weight_decay=weight_decay,
+        weight_decay=1.0,
         no_weight_decay_list=sorted(vit_no_decay),
         layer_decay=layer_decay,
     )
@@ -69,6 +71,7 @@ def build_param_groups(
     for group in groups:
         layer_id = layer_of[id(group["params"][0])]
         kind = "decay" if group["weight_decay"] > 0 else "no_decay"
+        group["weight_decay"] = weight_decay if kind == "decay" else 0.0
         group["name"] = f"backbone.layer_{layer_id:02d}.{kind}"
 
     vit_params = {id(p) for p in vit.parameters()}
