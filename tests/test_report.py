@@ -75,25 +75,25 @@ def table_rows(markdown: str, title: str) -> list[str]:
 def test_table1_rows_exact(runs: Path) -> None:
     markdown, _ = report.render_report(runs)
     assert table_rows(markdown, "Table I") == [
-        "| Deep supervision | 2 | 40.11 |",
-        "| Mask decoder w/o pyramid | 2 (implicit) | 42.22 |",
-        "| Our VCR | 1 | 43.33 |",
-        "|  | 2 | 44.44 |",
-        "|  | 3 | – |",
+        "| Deep supervision | 2 | 40.11 | 66.50 |",
+        "| Mask decoder w/o pyramid | 2 (implicit) | 42.22 | 67.88 |",
+        "| Our VCR | 1 | 43.33 | 68.43 |",
+        "|  | 2 | 44.44 | 68.83 |",
+        "|  | 3 | – | 68.56 |",
     ]
-    assert section(markdown, "Table I")[2] == "| Methods | Num# DS layers | mIoU(%) |"
+    assert section(markdown, "Table I")[2] == "| Methods | Num# DS layers | mIoU(%) | paper |"
 
 
 def test_table2_rows_exact(runs: Path) -> None:
     markdown, _ = report.render_report(runs)
     assert table_rows(markdown, "Table II") == [
-        "| Bilinear | 0 | 44.44 |",
-        "| Mock pyramid | 2 | 45.55 |",
-        "| Our real pyramid | 1 | 47.77 |",
-        "|  | 2 | – |",  # the run with replay_stop_grad=False is not the paper's VCR
-        "|  | 3 | 46.66 |",
-        "|  | 4 | – |",
-        "|  | 5 | – |",
+        "| Bilinear | 0 | 44.44 | 68.83 |",
+        "| Mock pyramid | 2 | 45.55 | 69.01 |",
+        "| Our real pyramid | 1 | 47.77 | 69.50 |",
+        "|  | 2 | – | 69.87 |",  # the run with replay_stop_grad=False is not the paper's VCR
+        "|  | 3 | 46.66 | 70.00 |",
+        "|  | 4 | – | 69.81 |",
+        "|  | 5 | – | 69.43 |",
     ]
     assert "4 run(s): dataset synthetic, backbone vit_tiny_patch16_224, crop 64x64, steps 30." in markdown
 
@@ -110,8 +110,8 @@ def test_latest_run_wins_a_contested_row_and_mixed_settings_are_flagged(runs: Pa
     write_run(runs, "z-smoke", 0.1, finished="2024-01-01T00:00:00+00:00", steps=5, upsampler="mock_pyramid")
     write_run(runs, "z-late", 0.9, finished="2026-01-01T00:00:00+00:00", steps=5, aux_layers=3)
     markdown, _ = report.render_report(runs)
-    assert "| Mock pyramid | 2 | 45.55 |" in table_rows(markdown, "Table II")  # not the older 10.00
-    assert "|  | 3 | 90.00 |" in table_rows(markdown, "Table I")
+    assert "| Mock pyramid | 2 | 45.55 | 69.01 |" in table_rows(markdown, "Table II")  # not the older 10.00
+    assert "|  | 3 | 90.00 | 68.56 |" in table_rows(markdown, "Table I")
     notes = "\n".join(section(markdown, "Table II"))
     assert "Mock pyramid 2: 2 runs; shows the latest" in notes
     assert "runs differ in steps: 30, 5" in "\n".join(section(markdown, "Table I"))
@@ -121,32 +121,32 @@ def test_best_metric_and_unevaluated_runs(runs: Path) -> None:
     write_run(runs, "never-evaluated", None, upsampler="hiclr", hiclr_depth=5)
     markdown, _ = report.render_report(runs, metric="best_mIoU")
     rows = table_rows(markdown, "Table II")
-    assert rows[0] == "| Bilinear | 0 | 45.44 |"
-    assert rows[-1] == "|  | 5 | – |"
+    assert rows[0] == "| Bilinear | 0 | 45.44 | 68.83 |"
+    assert rows[-1] == "|  | 5 | – | 69.43 |"
 
 
 def test_table3_from_flops_json(runs: Path) -> None:
     flops = runs / "flops"
     flops.mkdir()
     entries = {
-        "ds": (model(aux="deep_supervision"), 356.69e9),
-        "mask": (model(aux="none", head="mask_transformer"), 359.99e9),
+        "ds": (model(aux="deep_supervision"), 356e9),
+        "mask": (model(aux="none", head="mask_transformer"), 359e9),
         "mask_pyr": (model(aux="none", head="mask_transformer", upsampler="mock_pyramid"), 2100e9),
-        "vcr": (model(), 356.69e9),
-        "vpnext": (model(upsampler="hiclr", hiclr_depth=3), 1007.62e9),
+        "vcr": (model(), 356e9),
+        "vpnext": (model(upsampler="hiclr", hiclr_depth=3), 1007e9),
     }
     for name, (switches, macs) in entries.items():
         switches["backbone"] = "vit_large_patch16_384"
         record = {"switches": switches, "macs": macs, "gmacs": macs / 1e9, "image_size": [480, 480]}
         (flops / f"{name}.json").write_text(json.dumps(record))
     markdown, _ = report.render_report(runs)
-    assert section(markdown, "Table III")[2] == "| Methods | Pyramid upsampler | GMACs |"
+    assert section(markdown, "Table III")[2] == "| Methods | Pyramid upsampler | GMACs | paper |"
     assert table_rows(markdown, "Table III") == [
-        "| Deep supervision | - | 356.69 |",
-        "| Mask decoder | - | 359.99 |",
-        "|  | √ | 2100.00 |",
-        "| Our VPNeXt | - | 356.69 |",
-        "|  | √ | 1007.62 |",
+        "| Deep supervision | - | 356.00 | 356.69 |",
+        "| Mask decoder | - | 359.00 | 359.99 |",
+        "|  | √ | 2100.00 | > 2000 |",
+        "| Our VPNeXt | - | 356.00 | 356.69 |",
+        "|  | √ | 1007.00 | 1007.62 |",
     ]
     assert "vit_large_patch16_384 at 480x480" in markdown
 

@@ -33,6 +33,7 @@ __all__ = ["Run", "load_flops", "load_runs", "main", "render_report"]
 RESULTS_FILE = "results.json"  # the CLI's per-run output; kept in sync with vpnext.training.results
 FLOPS_DIR = "flops"
 MISSING = "–"
+PAPER_NOTE = "`paper`: the paper's figure (Pascal Context 59, ViT-L/16, 480x480, 20k iterations)."
 
 
 @dataclass(frozen=True)
@@ -173,6 +174,29 @@ TABLE3_ROWS: list[RowKey] = [
 ]
 
 
+#: The paper's numbers (Tables I-III, Pascal Context 59, ViT-L/16, single scale), by (method, column).
+PAPER_MIOU = {
+    ("Deep supervision", "2"): "66.50",
+    ("Mask decoder w/o pyramid", "2 (implicit)"): "67.88",
+    ("Our VCR", "1"): "68.43",
+    ("Our VCR", "2"): "68.83",
+    ("Our VCR", "3"): "68.56",
+    ("Bilinear", "0"): "68.83",
+    ("Mock pyramid", "2"): "69.01",
+    **{
+        ("Our real pyramid", str(t)): v
+        for t, v in zip(range(1, 6), ("69.50", "69.87", "70.00", "69.81", "69.43"), strict=True)
+    },
+}
+PAPER_GFLOPS = {
+    ("Deep supervision", "-"): "356.69",
+    ("Mask decoder", "-"): "359.99",
+    ("Mask decoder", "√"): "> 2000",
+    ("Our VPNeXt", "-"): "356.69",
+    ("Our VPNeXt", "√"): "1007.62",
+}
+
+
 # ---- rendering ----------------------------------------------------------------------------------
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     """A GitHub Markdown table; a method repeated on consecutive rows is written once, as in the paper."""
@@ -230,10 +254,13 @@ def _percent(value: float | None) -> str:
 
 def _miou_section(title: str, second: str, filled: dict[RowKey, Run | None], notes: list[str]) -> str:
     table = markdown_table(
-        ["Methods", second, "mIoU(%)"],
-        [(key[1], key[2], _percent(run.miou if run else None)) for key, run in filled.items()],
+        ["Methods", second, "mIoU(%)", "paper"],
+        [
+            (key[1], key[2], _percent(run.miou if run else None), PAPER_MIOU[key[1:]])
+            for key, run in filled.items()
+        ],
     )
-    lines = [f"## {title}", "", table, "", _setting_line(filled.values())]
+    lines = [f"## {title}", "", table, "", _setting_line(filled.values()), PAPER_NOTE]
     lines += [f"- note: {note}" for note in notes]
     return "\n".join(lines)
 
@@ -245,8 +272,11 @@ def _flops_section(records: Sequence[dict[str, Any]]) -> str:
         if key is not None:
             rows[key] = record
     table = markdown_table(
-        ["Methods", "Pyramid upsampler", "GMACs"],
-        [(k[1], k[2], MISSING if r is None else f"{r['macs'] / 1e9:.2f}") for k, r in sorted(rows.items())],
+        ["Methods", "Pyramid upsampler", "GMACs", "paper"],
+        [
+            (k[1], k[2], MISSING if r is None else f"{r['macs'] / 1e9:.2f}", PAPER_GFLOPS[k[1:]])
+            for k, r in sorted(rows.items())
+        ],
     )
     sizes = sorted({"x".join(map(str, r.get("image_size", []))) for r in rows.values() if r is not None})
     backbones = sorted({str(r["switches"].get("backbone")) for r in rows.values() if r is not None})
@@ -255,7 +285,7 @@ def _flops_section(records: Sequence[dict[str, Any]]) -> str:
         if backbones
         else f"No `vpnext flops --json` files in `{FLOPS_DIR}/` (run `make flops`)."
     )
-    return "\n".join(["## Table III: computational cost", "", table, "", info])
+    return "\n".join(["## Table III: computational cost", "", table, "", info, PAPER_NOTE])
 
 
 def _all_runs_section(runs: Sequence[Run], root: Path) -> str:
