@@ -336,3 +336,29 @@ def test_camvid_shared_copy() -> None:
     raw = np.asarray(Image.open(dm.val_set.samples[0].label_path))
     assert sample["label"].shape == (360, 480) and sample["image"].shape == (3, 360, 480)
     np.testing.assert_array_equal(sample["label"].numpy(), expect_camvid(raw))
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_vpnext_validate_runs_on_the_fixture_tree(name: str, tmp_path: Path) -> None:
+    from vpnext.cli import main
+
+    CASES[name][0](tmp_path / "data")
+    args = [
+        "validate",
+        "--config",
+        str(REPO / "experiments" / "data" / f"{name}.yaml"),
+        f"--data.root={tmp_path / 'data'}",
+        "--data.test_resize=false",  # keep the 40x60 fixtures small; the dataset's window still slides
+        "--data.num_workers=0",
+        "--trainer.accelerator=cpu",
+        "--trainer.enable_progress_bar=false",
+        "--model.decoder_dim=32",
+        "--model.pyramid_dim=16",
+        "--model.num_heads=4",
+        f"--run.dir={tmp_path / 'run'}",
+    ]
+    assert main(args) == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert tuple(results["per_class_iou"]) == get_dataset_spec(name).class_names or name == "folder"
+    assert len(results["per_class_iou"]) == CASES[name][2] and results["data"]["dataset"] == name
+    assert results["mIoU"] is not None and results["evaluation"]["window"] in ("slide", "whole")
