@@ -139,6 +139,18 @@ def test_experiment_configs_parse(config: str, expected: dict, capsys: pytest.Ca
         assert parsed["trainer"]["devices"] * parsed["data"]["batch_size"] == 16
 
 
+def test_wandb_logger_config_works_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    wandb_config = Path(__file__).resolve().parents[1] / "experiments" / "logger" / "wandb.yaml"
+    run = tmp_path / "run"
+    args = ["fit", *SMALL_RUN_ARGS, "--config", str(wandb_config), f"--data.root={tmp_path / 'data'}"]
+    assert main([*args, f"--run.dir={run}"]) == 0
+    (offline,) = (run / "wandb").glob("offline-run-*")
+    assert list(offline.glob("*.wandb")), "the offline run holds no W&B log to sync"
+    assert (run / "metrics.csv").is_file() and (run / "results.json").is_file()
+
+
 @pytest.mark.parametrize("config", ["vcr_layers.yaml", "vitup.yaml"])
 def test_cpu_scale_keeps_the_paper_config_variant(config: str, capsys: pytest.CaptureFixture[str]) -> None:
     experiments = Path(__file__).resolve().parents[1] / "experiments"
