@@ -1,4 +1,4 @@
-"""ViTUp part 1: the hidden stride-4 embedding (DESIGN.md 1.2)."""
+"""ViTUp: the hidden stride-4 embedding (DESIGN.md 1.2) and the HiCLR refiner (1.6)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from vpnext.models.backbone import ViTBackbone
-from vpnext.models.vitup import HiddenPyramidEmbedding
+from vpnext.models.vitup import HiCLR, HiddenPyramidEmbedding
 
 
 @pytest.fixture(scope="module")
@@ -61,3 +61,27 @@ def test_folded_and_shared_modes_agree(backbone: ViTBackbone) -> None:
 def test_patch_size_must_be_divisible_by_four() -> None:
     with pytest.raises(ValueError, match="divisible by 4"):
         HiddenPyramidEmbedding(192, 16, patch_size=14)
+
+
+def test_hiclr_offsets_are_one_3x3_conv_over_h_and_u() -> None:
+    """The split offset conv computes ``conv3x3([h, u_{t-1}])`` of DESIGN.md 1.6 in every iteration."""
+    torch.manual_seed(0)
+    hiclr = HiCLR(in_dim=24, dim=8, depth=3).double().eval()  # float64: only the algebra differs
+    with torch.no_grad():
+        for p in hiclr.parameters():  # off the zero init, so the offsets matter
+            p.add_(0.3 * torch.randn_like(p))
+    y, pyramid = torch.randn(2, 24, 4, 6).double(), torch.randn(2, 8, 16, 24).double()
+
+    def reference() -> torch.Tensor:
+        h = F.interpolate(hiclr.lateral(y), pyramid.shape[-2:], mode="bilinear", align_corners=False)
+        u = pyramid
+        for t, step in enumerate(hiclr.steps):
+            part = slice(18 * t, 18 * (t + 1))
+            weight = torch.cat([hiclr.context_offsets.weight[part], step.offset_conv.weight], 1)
+            offsets = F.conv2d(torch.cat([h, u], 1), weight, hiclr.context_offsets.bias[part], padding=1)
+            assert offsets.abs().max() > 1  # offsets of a pixel and more: sampling really moves
+            u = u + step.act(step.norm(step.deform(u, offsets)))
+        return hiclr.fuse(torch.cat([u, h], 1))
+
+    with torch.no_grad():
+        torch.testing.assert_close(hiclr(y, pyramid), reference(), atol=1e-10, rtol=1e-10)

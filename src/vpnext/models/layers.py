@@ -28,14 +28,17 @@ class ConvNormAct(nn.Sequential):
         )
 
 
-def zero_init_offset_conv(in_channels: int) -> nn.Conv2d:
-    """3x3 conv predicting one offset group (9 taps x (dy, dx)), zero-initialised.
+def zero_init_offset_conv(in_channels: int, num_convs: int = 1, bias: bool = True) -> nn.Conv2d:
+    """3x3 conv predicting offsets (9 taps x (dy, dx)) for ``num_convs`` deformable convs, zero-initialised.
 
-    With zero weights and bias the deformable conv it drives starts as a plain 3x3 conv.
+    With zero weights and bias the deformable convs it drives start as plain 3x3 convs.
+    ``num_convs`` stacks the offsets of several deformable convs as output channels (18 each);
+    the input is shared, not split.
     """
-    conv = nn.Conv2d(in_channels, 18, 3, padding=1)
+    conv = nn.Conv2d(in_channels, 18 * num_convs, 3, padding=1, bias=bias)
     nn.init.zeros_(conv.weight)
-    nn.init.zeros_(conv.bias)
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
     return conv
 
 

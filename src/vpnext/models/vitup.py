@@ -14,8 +14,14 @@ Part 2, :class:`HiCLR` (High-Level Context Local Refiner): ``u_0 = GN(P·e4)``; 
 context ``h`` is ``y_z`` projected to the pyramid width and upsampled to 1/4; each of the T
 iterations predicts offsets from ``[h, u_{t-1}]`` (zero-initialised 3x3 conv), refines
 ``u_{t-1}`` with a deformable 3x3 conv at those offsets, and adds the result (residual):
-``u_t = u_{t-1} + GELU(GN(Deform(u_{t-1}, offsets_t)))``. The output ``ConvNormAct3x3([u_T, h])``
+``u_t = u_{t-1} + GELU(GN(Deform(u_{t-1}, offsets_t)))``. The output ``ConvNormAct1x1([u_T, h])``
 feeds the classifier at 1/4. Only local context is refined, as the paper states.
+
+Choices for cost (measured in docs/benchmarks.md): a 3x3 conv over the concatenation ``[h, u]``
+is the sum of a 3x3 conv over ``h`` and one over ``u``; ``h`` is the same in every iteration, so
+the ``h`` part of all T offset convs runs as one conv before the loop (same weights and MACs,
+one large conv instead of T small ones). The final fusion is 1x1: the iterations already
+aggregate 3x3 neighbourhoods, and a 3x3 fusion at 1/4 cost as much as two iterations.
 """
 
 from __future__ import annotations
@@ -82,17 +88,21 @@ class HiddenPyramidEmbedding(nn.Module):
 
 
 class HiCLRStep(nn.Module):
-    """One HiCLR refinement iteration: offsets from ``[h, u]``, deformable 3x3, residual update."""
+    """One HiCLR refinement iteration: offsets from ``[h, u]``, deformable 3x3, residual update.
+
+    The offset conv's ``h`` part is computed by :class:`HiCLR` for all iterations at once and
+    passed in as ``context_offsets``; this module owns the ``u`` part.
+    """
 
     def __init__(self, dim: int, deform_impl: str = "auto") -> None:
         super().__init__()
-        self.offset_conv = zero_init_offset_conv(2 * dim)
+        self.offset_conv = zero_init_offset_conv(dim, bias=False)
         self.deform = DeformConv3x3(dim, dim, bias=False, impl=deform_impl)
         self.norm = group_norm(dim)
         self.act = nn.GELU()
 
-    def forward(self, u: Tensor, h: Tensor) -> Tensor:
-        offsets = self.offset_conv(torch.cat([h, u], 1))
+    def forward(self, u: Tensor, context_offsets: Tensor) -> Tensor:
+        offsets = context_offsets + self.offset_conv(u)
         return u + self.act(self.norm(self.deform(u, offsets)))
 
 
@@ -114,14 +124,18 @@ class HiCLR(nn.Module):
             raise ValueError("HiCLR needs depth ≥ 1 (depth 0 is the bilinear upsampler)")
         self.out_dim = dim
         self.lateral = ConvNormAct(in_dim, dim, 1)
+        # The h part of every iteration's offset conv (iteration t: channels 18t .. 18t + 17).
+        self.context_offsets = zero_init_offset_conv(dim, num_convs=depth)
         self.steps = nn.ModuleList(HiCLRStep(dim, deform_impl) for _ in range(depth))
-        self.fuse = ConvNormAct(2 * dim, dim, 3)
+        self.fuse = ConvNormAct(2 * dim, dim, 1)
 
     def forward(self, y: Tensor, pyramid: Tensor | None) -> Tensor:
         if pyramid is None:
             raise RuntimeError("HiCLR needs the hidden stride-4 pyramid feature")
         h = upsample_to(self.lateral(y), tuple(pyramid.shape[-2:]))
         u = pyramid
-        for step in self.steps:
-            u = step(u, h)
+        for step, context_offsets in zip(
+            self.steps, self.context_offsets(h).chunk(len(self.steps), 1), strict=True
+        ):
+            u = step(u, context_offsets)
         return self.fuse(torch.cat([u, h], 1))
