@@ -89,7 +89,7 @@ class VPNeXt(nn.Module):
         img_size: int | None = None,
         drop_path_rate: float = 0.0,
         decoder_dim: int = 256,
-        pyramid_dim: int = 64,
+        pyramid_dim: int = 48,
         num_heads: int = 8,
         aux: AuxMode = "vcr",
         aux_layers: int | list[int] = 2,

@@ -106,7 +106,7 @@ class SegmentationModule(L.LightningModule):
         img_size: int | tuple[int, int] | None = None,
         drop_path_rate: float = 0.0,
         decoder_dim: int = 256,
-        pyramid_dim: int = 64,
+        pyramid_dim: int = 48,
         num_heads: int = 8,
         aux: AuxMode = "vcr",
         aux_layers: int | list[int] = 2,
