@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -79,16 +78,21 @@ def test_time_interleaved_warms_up_then_rotates_the_order() -> None:
     assert {name: len(t) for name, t in times.items()} == {"a": 3, "b": 3, "c": 3}
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak RSS reset is Linux-only")
-def test_cpu_peak_memory_sees_a_transient_allocation() -> None:
-    assert "VmHWM" in memory_method(torch.device("cpu"))
+def test_cpu_peak_memory_counts_live_tensors_at_the_peak() -> None:
+    assert "profile_memory" in memory_method(torch.device("cpu"))
+    cpu = torch.device("cpu")
+    kept = torch.ones(16 * 2**20 // 4)  # allocated before the call: not counted
 
-    def allocate() -> None:
-        buffer = torch.ones(64 * 2**20 // 4)  # 64 MiB, freed on return
-        del buffer
+    def two_live_then_one() -> None:
+        a = torch.ones(64 * 2**20 // 4)  # 64 MiB
+        b = a * 2  # + 64 MiB: the peak, 128 MiB
+        del a
+        c = b + 1  # 64 + 64 MiB again, never more
+        del b, c
 
-    assert 56 < peak_memory_mb(allocate, torch.device("cpu")) < 96
-    assert peak_memory_mb(lambda: None, torch.device("cpu")) < 8
+    assert peak_memory_mb(two_live_then_one, cpu) == pytest.approx(128, abs=1)
+    assert peak_memory_mb(lambda: None, cpu) < 0.01
+    assert peak_memory_mb(lambda: kept.add_(1), cpu) < 0.01  # in place: nothing new (a scalar at most)
 
 
 def test_per_module_report_covers_the_decoder_and_sums_to_the_total() -> None:

@@ -15,13 +15,10 @@ Timing: ``warmup`` untimed calls each, then ``repeats`` rounds in which every ca
 in rotating order, so that load from other processes hits all of them alike; medians and p90
 (nearest rank) per candidate. Candidates of one comparison are built from the same seed.
 
-Peak memory of one call after the timing (so AdamW's state already exists in training):
-
-- CUDA: ``torch.cuda.max_memory_allocated`` minus the memory allocated before the call;
-- CPU (Linux): growth of the process's peak resident set (``VmHWM`` in ``/proc/self/status``,
-  reset through ``/proc/self/clear_refs``) over the resident set before the call. It includes
-  allocator caching and is approximate; elsewhere ``ru_maxrss`` growth is used, which is only a
-  lower bound (it cannot be reset).
+Peak memory of one call after the timing (so AdamW's state already exists in training): the
+most tensor memory the call holds on top of what was allocated before it
+(:func:`peak_memory_mb`): ``torch.cuda.max_memory_allocated`` on CUDA, the running sum of the
+profiler's allocation events on CPU.
 
 ``--bf16`` runs forward (and loss) under ``torch.autocast(bfloat16)``. ``--compile`` wraps every
 candidate in ``torch.compile``; on CPU compilation takes minutes and the deformable conv is a graph
@@ -39,10 +36,10 @@ import math
 import os
 import platform
 import re
-import resource
 import statistics
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -118,33 +115,36 @@ def time_interleaved(
     return times
 
 
-def _proc_kib(key: str) -> int | None:
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Hide what C++ code writes to file descriptor 2 (the profiler logs every start and stop)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
     try:
-        match = re.search(rf"^{key}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
-    except OSError:
-        return None
-    return int(match.group(1)) if match else None
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # Linux: reset VmHWM to the current RSS
-    except OSError:
-        return False
-    return True
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def memory_method(device: torch.device) -> str:
     """How :func:`peak_memory_mb` measures on ``device`` (documented in the JSON)."""
     if device.type == "cuda":
         return "cuda max_memory_allocated - memory_allocated before"
-    if _proc_kib("VmHWM") is not None and _reset_peak_rss():
-        return "peak RSS growth (VmHWM reset via /proc/self/clear_refs)"
-    return "ru_maxrss growth (lower bound)"
+    return "peak of tensor memory allocated during the call (torch.profiler, profile_memory)"
 
 
 def peak_memory_mb(fn: Callable[[], Any], device: torch.device) -> float:
-    """Peak memory (MiB) that one call of ``fn`` adds; see :func:`memory_method`."""
+    """Peak tensor memory (MiB) that one call of ``fn`` adds to what was allocated before.
+
+    CUDA: the caching allocator's statistics. CPU has none, so the call runs under
+    ``torch.profiler`` with ``profile_memory``: every allocation and free is an event, and the
+    peak of their running sum is the CPU counterpart of ``max_memory_allocated``. It sees tensor
+    memory only (not the allocator's or Python's overhead), and a buffer allocated and freed within
+    one op counts as that op's net allocation.
+    """
     if device.type == "cuda":
         _sync(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -152,14 +152,20 @@ def peak_memory_mb(fn: Callable[[], Any], device: torch.device) -> float:
         fn()
         _sync(device)
         return (torch.cuda.max_memory_allocated(device) - before) / 2**20
-    if _proc_kib("VmHWM") is not None and _reset_peak_rss():
-        before = _proc_kib("VmRSS") or 0
+    cpu_only = [torch.profiler.ProfilerActivity.CPU]
+    with _native_stderr_silenced(), torch.profiler.profile(activities=cpu_only, profile_memory=True) as prof:
         fn()
-        return ((_proc_kib("VmHWM") or 0) - before) / 1024
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    fn()
-    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
-    return grown / (2**20 if platform.system() == "Darwin" else 1024)  # bytes on macOS, KiB on Linux
+    # Ops report what they allocate themselves ("self"); frees outside ops are "[memory]" events.
+    deltas = sorted(
+        (event.time_range.start, event.self_cpu_memory_usage)
+        for event in prof.events()
+        if event.self_cpu_memory_usage
+    )
+    running = peak = 0
+    for _, delta in deltas:
+        running += delta
+        peak = max(peak, running)
+    return peak / 2**20
 
 
 def _autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
