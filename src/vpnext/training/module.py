@@ -16,6 +16,7 @@ labels and the predictions of the split have no IoU (NaN) and are left out of th
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -31,25 +32,9 @@ from vpnext.training.optim import build_optimizer, build_scheduler
 
 __all__ = ["MODEL_ARGS", "SegmentationModule"]
 
-#: The constructor arguments passed through to :class:`~vpnext.models.VPNeXt` (the ablation switches).
-MODEL_ARGS = (
-    "num_classes",
-    "backbone",
-    "pretrained",
-    "img_size",
-    "drop_path_rate",
-    "decoder_dim",
-    "pyramid_dim",
-    "num_heads",
-    "aux",
-    "aux_layers",
-    "head",
-    "upsampler",
-    "hiclr_depth",
-    "replay_stop_grad",
-    "pyramid_embed",
-    "deform_impl",
-)
+#: The constructor arguments passed through to :class:`~vpnext.models.VPNeXt` (the ablation switches),
+#: read off its signature so that the two cannot drift apart.
+MODEL_ARGS = tuple(inspect.signature(VPNeXt).parameters)
 
 _STAGE_PREFIX = {"validate": "val", "test": "test"}
 
@@ -137,24 +122,7 @@ class SegmentationModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.model = VPNeXt(
-            num_classes=num_classes,
-            backbone=backbone,
-            pretrained=pretrained,
-            img_size=img_size,
-            drop_path_rate=drop_path_rate,
-            decoder_dim=decoder_dim,
-            pyramid_dim=pyramid_dim,
-            num_heads=num_heads,
-            aux=aux,
-            aux_layers=aux_layers,
-            head=head,
-            upsampler=upsampler,
-            hiclr_depth=hiclr_depth,
-            replay_stop_grad=replay_stop_grad,
-            pyramid_embed=pyramid_embed,
-            deform_impl=deform_impl,
-        )
+        self.model = VPNeXt(**self.model_hparams)
         self.criterion = SegmentationLoss(
             loss=loss,
             aux_weight=aux_weight,
