@@ -20,17 +20,18 @@ import contextlib
 import importlib
 import importlib.util
 import os
+import shlex
 import sys
 import warnings
 from argparse import ArgumentError
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import torch
 from jsonargparse import Namespace
+from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -38,10 +39,22 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from vpnext.data import SegDataModule
 from vpnext.training import (
     MODEL_ARGS,
-    LastCheckpoint,
     PredictionWriter,
     ResultsWriter,
     SegmentationModule,
+)
+from vpnext.training.checkpointing import (
+    PREEMPTED_EXIT_CODE,
+    CorruptCheckpointError,
+    LastCheckpoint,
+    Preempted,
+    PreemptionCheckpoint,
+    ResumedCSVLog,
+    RNGStateCheckpoint,
+    SafeCheckpointIO,
+    UnsafeCheckpointError,
+    read_csv_rows,
+    safe_load,
 )
 
 #: Extra commands: space-separated command words -> ``"module:function"``; the function gets the
@@ -72,13 +85,19 @@ class RunOptions:
     Args:
         root: Folder holding every experiment's runs.
         name: Experiment name; default: the stem of the first ``--config`` file, else ``default``.
-        dir: Exact run directory (must be new or empty); default
-            ``<root>/<name>/<YYYYmmdd-HHMMSS>_<subcommand>``.
+        dir: Exact run directory (must be new or empty, except when resuming it with
+            ``--ckpt_path last``); default ``<root>/<name>/<YYYYmmdd-HHMMSS>_<subcommand>``.
+        ckpt_every_n_steps: Also write ``checkpoints/last.ckpt`` every N optimiser steps, whatever
+            the validation interval (``None``: only at validation and at the end).
+        ckpt_every_minutes: Also write ``checkpoints/last.ckpt`` after this many minutes of
+            training since the last one (``None``: off; exclusive with ``ckpt_every_n_steps``).
     """
 
     root: str = "runs"
     name: str | None = None
     dir: str | None = None
+    ckpt_every_n_steps: int | None = None
+    ckpt_every_minutes: float | None = None
 
 
 class UserError(Exception):
@@ -148,6 +167,47 @@ def resolve_run_dir(options: RunOptions, name: str, subcommand: str) -> Path:
     return run_dir
 
 
+def find_last_checkpoint(options: RunOptions, name: str) -> Path:
+    """The ``last.ckpt`` that ``--ckpt_path last`` resumes: ``run.dir``'s, else the experiment's latest.
+
+    "Latest" is the run whose ``last.ckpt`` was written most recently, among
+    ``<root>/<name>/*/checkpoints/last.ckpt``.
+
+    Raises:
+        UserError: Nothing to resume; the message names what was looked for.
+    """
+    if options.dir:
+        pattern = Path(options.dir) / "checkpoints" / "last.ckpt"
+        found = [pattern] if pattern.is_file() else []
+    else:
+        pattern = Path(options.root) / name / "*" / "checkpoints" / "last.ckpt"
+        found = [p for p in (Path(options.root) / name).glob("*/checkpoints/last.ckpt") if p.is_file()]
+    if not found:
+        raise UserError(
+            f"ckpt_path=last: no checkpoint of experiment {name!r} to resume ({pattern} does not exist); "
+            "--run.name, --run.root or --run.dir select the experiment; "
+            "leave out --ckpt_path to start a new run"
+        )
+    return max(found, key=lambda p: p.stat().st_mtime)
+
+
+def resume_command(args: Sequence[str], run_dir: Path) -> str:
+    """The command that continues this run: ``args`` with ``--run.dir RUN --ckpt_path last``."""
+    kept: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+            continue
+        if arg in ("--ckpt_path", "--run.dir"):
+            skip = True
+            continue
+        if arg.startswith(("--ckpt_path=", "--run.dir=")):
+            continue
+        kept.append(arg)
+    return shlex.join(["vpnext", *kept, "--run.dir", str(run_dir), "--ckpt_path", "last"])
+
+
 def _new_dir(parent: Path, base: str) -> Path:
     parent.mkdir(parents=True, exist_ok=True)
     for attempt in range(1000):
@@ -176,8 +236,14 @@ class RunConfigCallback(SaveConfigCallback):
         if path.exists() and not self.overwrite:
             raise UserError(f"{path} already exists; every run needs its own run.dir")
         path.parent.mkdir(parents=True, exist_ok=True)
+        config = self.config
+        if stage == "fit" and config.get("ckpt_path") is not None:
+            # A fit's config describes the run, not where it was resumed from: evaluating it with
+            # `vpnext test --config RUN/config.yaml` must not pick up that checkpoint.
+            config = config.clone()
+            config.ckpt_path = None
         self.parser.save(
-            self.config, str(path), skip_none=False, overwrite=self.overwrite, multifile=self.multifile
+            config, str(path), skip_none=False, overwrite=self.overwrite, multifile=self.multifile
         )
 
 
@@ -208,11 +274,23 @@ class VPNeXtCLI(LightningCLI):
         super().parse_arguments(parser, args)
         # Before seeding and logging start, so that a wrong path is the only line printed.
         subcommand = self.config.get("subcommand")
+        self.resuming = False
         if subcommand:
             config = self.config[subcommand]
             _check_inputs(config)
             config.run.name = experiment_name(config.run, config.get("config"))
-            self.run_dir = resolve_run_dir(config.run, config.run.name, subcommand)
+            if str(config.get("ckpt_path")) == "last" and not os.environ.get(RUN_DIR_ENV):
+                # Lightning's own "last" looks only in this (new) run's folder: it finds nothing
+                # and would silently start over.
+                config.ckpt_path = str(find_last_checkpoint(config.run, config.run.name))
+                self.resuming = subcommand == "fit"
+            elif str(config.get("ckpt_path")) == "last":  # a DDP rank started by Lightning
+                config.ckpt_path = str(Path(os.environ[RUN_DIR_ENV]) / "checkpoints" / "last.ckpt")
+                self.resuming = subcommand == "fit"
+            if self.resuming:  # continue in the interrupted run's folder
+                self.run_dir = Path(config.ckpt_path).parent.parent
+            else:
+                self.run_dir = resolve_run_dir(config.run, config.run.name, subcommand)
             os.environ[RUN_DIR_ENV] = str(self.run_dir)
 
     def _parse_ckpt_path(self) -> None:
@@ -227,9 +305,11 @@ class VPNeXtCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
         self.ckpt_num_classes = None
+        self.ckpt_step = 0
         if not ckpt or not Path(str(ckpt)).is_file():
             return
-        checkpoint = torch.load(str(ckpt), map_location="cpu", weights_only=True, mmap=True)
+        checkpoint = safe_load(str(ckpt), mmap=True)
+        self.ckpt_step = int(checkpoint.get("global_step", 0))
         hparams = checkpoint.get("hyper_parameters", {})
         self.ckpt_num_classes = hparams.get("num_classes")
         architecture = {k: hparams[k] for k in ARCHITECTURE_ARGS if k in hparams}
@@ -255,7 +335,23 @@ class VPNeXtCLI(LightningCLI):
         ckpt_dir = (
             Path(str(ckpt)).parent if subcommand != "fit" and ckpt and Path(str(ckpt)).is_file() else None
         )
-        self.trainer_defaults["callbacks"] = _run_callbacks(run_dir, name, subcommand, ckpt_dir)
+        self.trainer_defaults["callbacks"] = _run_callbacks(
+            run_dir, name, subcommand, ckpt_dir, config.run.ckpt_every_n_steps, config.run.ckpt_every_minutes
+        )
+        if self.resuming:
+            self.save_config_kwargs["overwrite"] = True  # the run's own config.yaml, rewritten
+            # Read before the CSV logger starts (it deletes the file); written back by rank 0.
+            rows = read_csv_rows(run_dir / "metrics.csv")
+            self.trainer_defaults["callbacks"].append(ResumedCSVLog(rows, self.ckpt_step))
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
+        # Atomic checkpoint writes and weights_only loads, Lightning's resume included.
+        plugins = config.get("plugins")
+        plugins = [] if plugins is None else list(plugins) if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins.append(SafeCheckpointIO())
+        config["plugins"] = plugins
+        return super()._instantiate_trainer(config, callbacks)
 
     def after_instantiate_classes(self) -> None:
         data_classes = getattr(self.datamodule, "num_classes", None)
@@ -326,7 +422,14 @@ def _place_loggers(loggers: Any, run_dir: Path, name: str) -> Any:
     return sorted(items, key=lambda item: getattr(item, "class_path", "").rsplit(".", 1)[-1] != "CSVLogger")
 
 
-def _run_callbacks(run_dir: Path, name: str, subcommand: str, ckpt_dir: Path | None = None) -> list[Callback]:
+def _run_callbacks(
+    run_dir: Path,
+    name: str,
+    subcommand: str,
+    ckpt_dir: Path | None = None,
+    every_n_steps: int | None = None,
+    every_minutes: float | None = None,
+) -> list[Callback]:
     """Callbacks every run has: checkpoints (best by val/mIoU, latest), lr log, results, predictions.
 
     Args:
@@ -334,8 +437,24 @@ def _run_callbacks(run_dir: Path, name: str, subcommand: str, ckpt_dir: Path | N
         name: Experiment name.
         subcommand: ``fit``, ``validate``, ``test`` or ``predict``.
         ckpt_dir: Checkpoint folder to use instead of ``<run_dir>/checkpoints``.
+        every_n_steps: Extra ``last.ckpt`` interval in steps (``run.ckpt_every_n_steps``).
+        every_minutes: Extra ``last.ckpt`` interval in minutes (``run.ckpt_every_minutes``).
+
+    Raises:
+        UserError: Both intervals, or a non-positive one.
     """
+    if every_n_steps is not None and every_n_steps <= 0:
+        raise UserError(f"run.ckpt_every_n_steps must be a positive number of steps, got {every_n_steps}")
+    if every_minutes is not None and every_minutes <= 0:
+        raise UserError(f"run.ckpt_every_minutes must be positive, got {every_minutes}")
+    if every_n_steps is not None and every_minutes is not None:
+        raise UserError("run.ckpt_every_n_steps and run.ckpt_every_minutes: set one of them, not both")
     ckpt_dir = ckpt_dir or run_dir / "checkpoints"
+    last = LastCheckpoint(
+        str(ckpt_dir),
+        every_n_train_steps=every_n_steps,
+        train_time_interval=None if every_minutes is None else timedelta(minutes=every_minutes),
+    )
     callbacks: list[Callback] = [
         ResultsWriter(dirpath=str(run_dir), config_path=str(run_dir / "config.yaml"), experiment=name)
     ]
@@ -350,10 +469,14 @@ def _run_callbacks(run_dir: Path, name: str, subcommand: str, ckpt_dir: Path | N
             save_top_k=1,
             auto_insert_metric_name=False,
         ),
-        LastCheckpoint(str(ckpt_dir)),
+        last,
     ]
     if subcommand == "fit":
-        callbacks.append(LearningRateMonitor(logging_interval="step"))
+        callbacks += [
+            LearningRateMonitor(logging_interval="step"),
+            PreemptionCheckpoint(last),
+            RNGStateCheckpoint(),
+        ]
     if subcommand == "predict":
         callbacks.append(PredictionWriter(str(run_dir / "predictions")))
     return callbacks
@@ -389,7 +512,8 @@ def _describe(err: BaseException) -> str:
     from vpnext.models.backbone import PretrainedWeightsError
 
     message = " ".join(str(err).split()) or type(err).__name__
-    if isinstance(err, (UserError, DatasetError, PretrainedWeightsError, FileNotFoundError)):
+    one_line = (UserError, DatasetError, PretrainedWeightsError, FileNotFoundError)
+    if isinstance(err, (*one_line, UnsafeCheckpointError, CorruptCheckpointError)):
         return message
     return f"{type(err).__name__}: {message}"
 
@@ -427,6 +551,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             # main(argv) is the explicit in-process API; Lightning warns whenever sys.argv also
             # holds arguments (e.g. pytest's), which is expected there.
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+            # The data module resumes mid-epoch itself (vpnext.data.resume), not through the loader.
+            warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
             VPNeXtCLI(None if argv is None else args, epilog=_extra_commands_epilog())
         return 0
     except ArgumentError as err:
@@ -436,6 +562,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except SystemExit as exit_:  # argument parsers report their own errors, then exit
         return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    except Preempted as stop:
+        if _global_rank_from_env() == 0:
+            run_dir = stop.checkpoint.parent.parent
+            print(
+                f"vpnext: stopped by {stop.signal_name} at step {stop.step}; "
+                f"checkpoint saved: {stop.checkpoint}\n"
+                f"vpnext: resume with: {resume_command(args, run_dir)}",
+                file=sys.stderr,
+                flush=True,
+            )
+        return PREEMPTED_EXIT_CODE
     except KeyboardInterrupt:
         print("vpnext: interrupted", file=sys.stderr)
         return 130

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -23,6 +25,7 @@ from vpnext.data.catalog import IGNORE_INDEX, DatasetSpec, get_dataset_spec
 from vpnext.data.classes import RGB
 from vpnext.data.datasets import DATASET_CLASSES, ImageFolderDataset
 from vpnext.data.errors import DatasetError
+from vpnext.data.resume import EpochSeededDataset, ResumableSampler
 from vpnext.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_eval_transform, build_train_transform
 
 
@@ -43,8 +46,15 @@ def seed_worker(worker_id: int) -> None:
     Albumentations keeps its own random state inside the pipeline, which forked workers would
     otherwise all inherit unchanged (identical crops in every worker). ``torch.initial_seed()``
     differs per worker and per epoch and follows ``seed_everything``; the rank is mixed in so DDP
-    ranks differ too.
+    ranks differ too. (Training samples are reseeded per sample on top, see ``vpnext.data.resume``.)
+
+    Workers ignore the pre-emption signals: ``scancel`` signals the whole process group, and the
+    main process, which saves a checkpoint before stopping, still needs its workers for that step.
+    They end with the main process.
     """
+    for name in ("SIGTERM", "SIGUSR1", "SIGINT"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
     info = get_worker_info()
     seed = (torch.initial_seed() + 1_000_003 * _rank()) % 2**32
     random.seed(seed)
@@ -152,6 +162,9 @@ class SegDataModule(L.LightningDataModule):
         self.val_set: SegmentationDataset | None = None
         self.test_set: SegmentationDataset | None = None
         self.predict_set: SegmentationDataset | None = None
+        #: Where the training stream stands, from a checkpoint (see ``load_state_dict``).
+        self._resume_from: dict[str, int] | None = None
+        self._train_sampler: ResumableSampler | None = None
 
     # ---- what the model and the evaluation need to know -------------------------------------
     @property
@@ -276,8 +289,57 @@ class SegDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled training crops, ``batch_size`` per step."""
-        return self._loader(self.train_set, self.hparams.batch_size, train=True)
+        """Shuffled training crops, ``batch_size`` per step, resumable mid-epoch.
+
+        Order and augmentation are functions of (seed, epoch, position), see
+        :mod:`vpnext.data.resume`; under DDP each rank gets its share of the shuffled split.
+        """
+        dataset, batch_size, workers = self.train_set, self.hparams.batch_size, self.hparams.num_workers
+        if dataset is None:
+            raise RuntimeError("call setup('fit') before asking for the training dataloader")
+        kwargs = self.trainer.distributed_sampler_kwargs if self.trainer is not None else None
+        replicas, rank = (int(kwargs["num_replicas"]), int(kwargs["rank"])) if kwargs else (1, 0)
+        # The pipeline's seed follows seed_everything (drawn in _make); the order uses the same one.
+        seed = int(getattr(dataset.transform, "seed", None) or 0) - _rank()
+        sampler = self._train_sampler = ResumableSampler(dataset, replicas, rank, seed=seed)
+        # Never drop the only (partial) batch of a dataset smaller than the batch size.
+        drop_last = len(sampler) >= batch_size
+        if self._resume_from is not None:
+            state, self._resume_from = self._resume_from, None
+            epoch, batches = state["epoch"], state["batches"]
+            per_epoch = len(sampler) // batch_size if drop_last else -(-len(sampler) // batch_size)
+            if batches >= per_epoch:  # saved at the end of an epoch: the next one starts afresh
+                epoch, batches = epoch + 1, 0
+            # Lightning creates the first iterator (and workers fetch from it) before it sets the
+            # epoch, so the resumed epoch is set here.
+            sampler.set_epoch(epoch)
+            sampler.resume_at(epoch, batches * batch_size)
+        return DataLoader(
+            EpochSeededDataset(dataset, seed + rank),
+            batch_size=batch_size,
+            sampler=sampler,
+            drop_last=drop_last,
+            num_workers=workers,
+            pin_memory=self.hparams.pin_memory and torch.cuda.is_available(),
+            persistent_workers=self.hparams.persistent_workers and workers > 0,
+            collate_fn=seg_collate,
+            worker_init_fn=seed_worker if workers > 0 else None,
+            # Worker seeds come from here, not from the global RNG the model's dropout uses.
+            generator=torch.Generator().manual_seed(seed),
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """Position of the training stream: epoch and batches of it trained on (in checkpoints)."""
+        trainer, sampler = self.trainer, self._train_sampler
+        if trainer is None or sampler is None or trainer.state.fn != "fit":
+            return {}
+        batches = trainer.fit_loop.epoch_loop.batch_progress.current.ready
+        return {"epoch": int(sampler.epoch), "batches": int(batches)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Resume the training stream after the batches a checkpoint had trained on."""
+        if "epoch" in state_dict and "batches" in state_dict:
+            self._resume_from = {"epoch": int(state_dict["epoch"]), "batches": int(state_dict["batches"])}
 
     def val_dataloader(self) -> DataLoader:
         """Validation samples in list order (image resized per ``test_scale``, original label)."""

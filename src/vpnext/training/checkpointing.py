@@ -1,0 +1,419 @@
+"""Checkpoints that survive pre-emption, kills in the middle of a write and files from strangers.
+
+* :class:`SafeCheckpointIO` is the Trainer's checkpoint plugin: it writes every checkpoint to a
+  temporary file in the target folder, flushes it to disk and renames it over the old one, so a
+  kill at any moment leaves either the previous complete file or the new complete file. It loads
+  with ``torch.load(weights_only=True)`` (Lightning's own resume path goes through it).
+* :func:`safe_load` is the one way vpnext reads a checkpoint or weights file: tensors and plain
+  containers only. A file that carries any other pickled object is refused with one line
+  (:class:`UnsafeCheckpointError`) and nothing in it runs; an unreadable file raises
+  :class:`CorruptCheckpointError`.
+* :class:`LastCheckpoint` keeps ``<dirpath>/last.ckpt``: at every validation, at the end, and on
+  an optional step or time interval independent of validation.
+* :class:`PreemptionCheckpoint` turns SIGTERM (``scancel``, Kubernetes), SIGUSR1 (SLURM's warning
+  before the time limit, ``#SBATCH --signal=USR1@120``) and a first Ctrl-C into "finish the
+  current step (or validation), write ``last.ckpt``, stop" and raises :class:`Preempted`, which the
+  CLI reports with the command that resumes the run and exit code :data:`PREEMPTED_EXIT_CODE`.
+* :class:`RNGStateCheckpoint` stores the global torch/numpy/python random states in the
+  checkpoint and restores them at the first step after a resume (dropout draws from them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import pickle
+import random
+import re
+import signal
+import sys
+import tempfile
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from vpnext.training import results
+
+__all__ = [
+    "PREEMPTED_EXIT_CODE",
+    "CorruptCheckpointError",
+    "LastCheckpoint",
+    "Preempted",
+    "PreemptionCheckpoint",
+    "RNGStateCheckpoint",
+    "ResumedCSVLog",
+    "SafeCheckpointIO",
+    "UnsafeCheckpointError",
+    "safe_load",
+]
+
+#: Exit code of a run stopped by a pre-emption signal after writing a resumable checkpoint
+#: (``EX_TEMPFAIL`` of sysexits.h: "temporary failure, try again").
+PREEMPTED_EXIT_CODE = 75
+#: Signals that stop a fit with a checkpoint.
+PREEMPTION_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
+
+
+class UnsafeCheckpointError(Exception):
+    """A checkpoint or weights file holds pickled objects other than tensors and plain containers."""
+
+
+class CorruptCheckpointError(Exception):
+    """A checkpoint or weights file that cannot be read (truncated, empty, not a checkpoint)."""
+
+
+def safe_load(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)`` with one-line errors.
+
+    Raises:
+        FileNotFoundError: No such file.
+        UnsafeCheckpointError: The file carries a pickled payload (a class, a function call); it
+            was refused before anything in it ran.
+        CorruptCheckpointError: The file is not a readable checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint file not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL (\S+)", str(err))
+        if found is None:
+            raise CorruptCheckpointError(f"{path}: not a readable checkpoint ({_last_line(err)})") from None
+        raise UnsafeCheckpointError(
+            f"{path}: refused: the file carries a pickled Python object ({found.group(1)}), not only "
+            "tensors; vpnext loads weights_only and ran nothing from it"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as err:
+        raise CorruptCheckpointError(f"{path}: not a readable checkpoint ({_last_line(err)})") from None
+
+
+def _last_line(err: BaseException) -> str:
+    parts = [p.strip() for p in str(err).split("\n\n") if p.strip() and "documentation" not in p]
+    text = parts[-1] if parts else type(err).__name__
+    return " ".join(text.split())[:200]
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint plugin: atomic writes, ``weights_only`` reads (local paths)."""
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        """Write ``checkpoint`` to ``path`` through a temporary file and an atomic rename."""
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        atomic_torch_save(checkpoint, Path(path))
+
+    def load_checkpoint(
+        self, path: Any, map_location: Any | None = None, weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        """Load with :func:`safe_load`; ``weights_only=False`` is refused, not honoured."""
+        return safe_load(path, "cpu" if map_location is None else map_location)
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file next to ``path``, fsync, then rename over ``path``.
+
+    Raises:
+        OSError: The folder is not writable or the disk is full; ``path`` is left as it was.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # make the rename itself durable where the OS allows it
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+class LastCheckpoint(results.LastCheckpoint):
+    """``<dirpath>/last.ckpt``: the latest weights and training state, one file overwritten in place.
+
+    Written at every validation, at the end of training, and, when set, every
+    ``every_n_train_steps`` optimiser steps or every ``train_time_interval`` of training
+    (independent of validation). Extends :class:`vpnext.training.results.LastCheckpoint` (which
+    ``results.json`` recognises) with the intervals and :meth:`save_now`.
+
+    Args:
+        dirpath: Checkpoint folder.
+        every_n_train_steps: Also save every N optimiser steps (``None``: off).
+        train_time_interval: Also save when this much training time has passed (``None``: off).
+    """
+
+    def __init__(
+        self,
+        dirpath: str,
+        every_n_train_steps: int | None = None,
+        train_time_interval: timedelta | None = None,
+    ) -> None:
+        if every_n_train_steps is not None and train_time_interval is not None:
+            # Lightning's ModelCheckpoint takes one trigger; the step interval is the checked one.
+            raise ValueError("set either a step interval or a time interval for last.ckpt, not both")
+        ModelCheckpoint.__init__(  # the parent's signature has no intervals
+            self,
+            dirpath=dirpath,
+            filename="last",
+            save_top_k=1,
+            enable_version_counter=False,
+            every_n_train_steps=every_n_train_steps,
+            train_time_interval=train_time_interval,
+        )
+        self._has_interval = bool(every_n_train_steps) or train_time_interval is not None
+
+    @property
+    def path(self) -> Path:
+        """``<dirpath>/last.ckpt``."""
+        return Path(str(self.dirpath)) / "last.ckpt"
+
+    def save_now(self, trainer: L.Trainer) -> Path:
+        """Write ``last.ckpt`` for the current step (every rank must call this; rank 0 writes)."""
+        trainer.save_checkpoint(str(self.path), weights_only=False)
+        self._last_global_step_saved = trainer.global_step
+        self._last_checkpoint_saved = str(self.path)
+        return self.path
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_validation_end(trainer, pl_module)
+        # With an interval the parent saves only on that interval; validation still refreshes.
+        if self._has_interval and not self._should_skip_saving_checkpoint(trainer):
+            self.save_now(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        ModelCheckpoint.on_train_end(self, trainer, pl_module)
+        # Steps after the last validation (max_steps not a multiple of the interval) still count.
+        if self._last_global_step_saved != trainer.global_step:
+            self.save_now(trainer)
+
+
+class Preempted(Exception):
+    """A fit stopped by a signal after writing a resumable checkpoint.
+
+    Args:
+        signal_name: ``SIGTERM``, ``SIGUSR1`` or ``SIGINT`` (on another rank: as that rank saw it).
+        step: Global step the checkpoint holds.
+        checkpoint: Path of the checkpoint written.
+    """
+
+    def __init__(self, signal_name: str, step: int, checkpoint: Path) -> None:
+        super().__init__(f"{signal_name} at step {step}; checkpoint saved: {checkpoint}")
+        self.signal_name = signal_name
+        self.step = step
+        self.checkpoint = checkpoint
+
+
+class PreemptionCheckpoint(Callback):
+    """Stop a fit cleanly on SIGTERM, SIGUSR1 or Ctrl-C, with ``last.ckpt`` written first.
+
+    The handler only records the signal. At the end of the current training step, or at the end
+    of a validation that was running, every rank learns of it (one all-reduce per step under DDP,
+    so a signal delivered to one rank stops all of them at the same step), ``last.ckpt`` is
+    written, and :class:`Preempted` is raised at the next hook (once the step's metrics are
+    logged; before ``on_train_end``, so no ``results.json`` is written). A second Ctrl-C
+    interrupts at once, without a checkpoint. The handlers replace Lightning's SIGTERM handler
+    (which would stop without a checkpoint) during the fit and are restored afterwards.
+
+    Args:
+        last: The run's :class:`LastCheckpoint`, whose file is written.
+    """
+
+    def __init__(self, last: LastCheckpoint) -> None:
+        self.last = last
+        self.received: str | None = None
+        self._stop: Preempted | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self.received is not None and name == "SIGINT":
+            raise KeyboardInterrupt
+        if self.received is None:
+            print(
+                f"vpnext: received {name}; writing a checkpoint after the current step "
+                "(Ctrl-C again to stop without one)",
+                file=sys.stderr,
+                flush=True,
+            )
+        self.received = self.received or name
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.received, self._stop = None, None
+        if sys.platform == "win32" or not _in_main_thread():
+            return
+        for name in PREEMPTION_SIGNALS:
+            signum = getattr(signal, name)
+            self._previous[signum] = signal.signal(signum, self._handle)
+
+    def _restore_handlers(self) -> None:
+        for signum, handler in self._previous.items():
+            with contextlib.suppress(ValueError, TypeError):
+                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._previous = {}
+
+    def _save_if_signalled(self, trainer: L.Trainer) -> None:
+        flag = self.received is not None
+        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            tensor = torch.tensor([int(flag)], device=trainer.strategy.root_device)
+            torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+            flag = bool(tensor.item())
+        if flag and self._stop is None:
+            path = self.last.save_now(trainer)
+            self._stop = Preempted(self.received or "a signal on another rank", trainer.global_step, path)
+
+    def _raise_if_stopping(self) -> None:
+        if self._stop is not None:
+            raise self._stop
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        # The checkpoint is written here, where Lightning's own interval checkpoints are, but the
+        # run stops at the next hook: by then the step's metrics have reached the loggers.
+        self._save_if_signalled(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._save_if_signalled(trainer)
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._raise_if_stopping()
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._raise_if_stopping()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._raise_if_stopping()
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._raise_if_stopping()  # before results.json: a stopped run is not a result
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._restore_handlers()
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+class RNGStateCheckpoint(Callback):
+    """Saves the global random states in checkpoints; restores them at the first step after resume.
+
+    The data order and augmentations do not depend on them (see :mod:`vpnext.data.resume`); the
+    model's own randomness (dropout, stochastic depth) does. Restoring at the first training batch
+    rather than at load time skips whatever runs in between (setup, a sanity check).
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        np_state = np.random.get_state()
+        return {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [
+                np_state[0],
+                torch.from_numpy(np_state[1].astype(np.int64)),
+                *map(_plain, np_state[2:]),
+            ],
+            "python": random.getstate(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending = dict(state_dict)
+
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        state, self._pending = self._pending, None
+        if not state:
+            return
+        torch.set_rng_state(state["torch"])
+        if (
+            state.get("cuda")
+            and torch.cuda.is_available()
+            and len(state["cuda"]) == torch.cuda.device_count()
+        ):
+            torch.cuda.set_rng_state_all(state["cuda"])
+        name, keys, *rest = state["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+class ResumedCSVLog(Callback):
+    """Keeps ``metrics.csv`` of a resumed run whole: the rows before the checkpoint, then the new ones.
+
+    Lightning's CSV logger deletes an existing ``metrics.csv`` when it starts. The CLI reads the
+    file before that (:func:`read_csv_rows`); this callback writes the rows logged before the
+    checkpoint's step back once the logger has started, and the logger appends to them.
+
+    Args:
+        rows: ``(header, rows)`` of the old ``metrics.csv``.
+        step: Global step of the checkpoint; rows logged at or after it are dropped (the resumed
+            run logs those steps again).
+    """
+
+    def __init__(self, rows: tuple[list[str], list[dict[str, str]]], step: int) -> None:
+        self.header, self.rows = rows
+        self.step = step
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        from lightning.pytorch.loggers import CSVLogger
+
+        if not trainer.is_global_zero or not self.header:
+            return
+        for logger in trainer.loggers:
+            if isinstance(logger, CSVLogger):
+                writer = logger.experiment  # starting it removes the old file
+                kept = [row for row in self.rows if _step_of(row) < self.step]
+                with open(writer.metrics_file_path, "w", newline="") as handle:
+                    out = csv.DictWriter(handle, fieldnames=self.header)
+                    out.writeheader()
+                    out.writerows(kept)
+                writer.metrics_keys = list(self.header)
+                return
+
+
+def read_csv_rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """Header and rows of a CSV file (empty if it does not exist)."""
+    if not path.is_file():
+        return [], []
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        rows = list(reader)
+        return list(reader.fieldnames or []), rows
+
+
+def _step_of(row: dict[str, str]) -> float:
+    try:
+        return float(row.get("step") or "inf")
+    except ValueError:
+        return float("inf")
