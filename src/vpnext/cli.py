@@ -53,8 +53,13 @@ from vpnext.training.checkpointing import (
     RNGStateCheckpoint,
     SafeCheckpointIO,
     UnsafeCheckpointError,
+    check_weights_file,
+    describe_mismatch,
+    load_state_dict_file,
+    load_weights,
     read_csv_rows,
     safe_load,
+    state_dict_mismatch,
 )
 
 #: Extra commands: space-separated command words -> ``"module:function"``; the function gets the
@@ -98,6 +103,24 @@ class RunOptions:
     dir: str | None = None
     ckpt_every_n_steps: int | None = None
     ckpt_every_minutes: float | None = None
+
+
+@dataclass
+class InitOptions:
+    """Start from another run's weights (fine-tuning), without its training state.
+
+    Args:
+        weights: A vpnext checkpoint (``.ckpt``) or a state-dict file (``.pt``, ``.pth``,
+            ``.safetensors``) of ``SegmentationModule`` or ``VPNeXt``; loaded before the run
+            starts. Unlike ``ckpt_path`` it neither fixes the architecture nor resumes the step,
+            optimiser or schedule.
+        strict: Refuse a file whose keys or shapes differ from the model's (they are listed);
+            ``false`` loads the tensors that match by name and shape and keeps the model's own
+            values for the rest, e.g. a new dataset's classifier.
+    """
+
+    weights: str | None = None
+    strict: bool = True
 
 
 class UserError(Exception):
@@ -318,6 +341,7 @@ class VPNeXtCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_class_arguments(RunOptions, "run")
+        parser.add_class_arguments(InitOptions, "init")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.crop_size", "model.img_size", apply_on="instantiate")
 
@@ -354,13 +378,34 @@ class VPNeXtCLI(LightningCLI):
         return super()._instantiate_trainer(config, callbacks)
 
     def after_instantiate_classes(self) -> None:
+        config = self.config[str(self.subcommand)]
+        ckpt = config.get("ckpt_path")
+        finetune = f"; to fine-tune from its weights use --init.weights {ckpt} --init.strict false instead"
         data_classes = getattr(self.datamodule, "num_classes", None)
         if self.ckpt_num_classes is not None and data_classes != self.ckpt_num_classes:
-            ckpt = self.config[str(self.subcommand)].ckpt_path
             raise UserError(
                 f"ckpt_path: {ckpt} was trained for {self.ckpt_num_classes} classes, but the data "
-                f"({self.datamodule.dataset_name!r}) has {data_classes}"
+                f"({self.datamodule.dataset_name!r}) has {data_classes}{finetune}"
             )
+        if ckpt and Path(str(ckpt)).is_file():
+            # Lightning's strict load would end in a multi-line traceback; name the keys instead.
+            mismatch = state_dict_mismatch(self.model.state_dict(), load_state_dict_file(str(ckpt)))
+            if any(mismatch):
+                raise UserError(
+                    f"ckpt_path: {ckpt} does not fit the model: {describe_mismatch(*mismatch)}{finetune}"
+                )
+        if config.init.weights:
+            if ckpt:
+                raise UserError(
+                    "init.weights and ckpt_path: give one (init.weights starts a new run from weights)"
+                )
+            try:
+                summary = load_weights(self.model, config.init.weights, strict=config.init.strict)
+            except ValueError as err:
+                hint = "--init.strict false loads the matching tensors only"
+                raise UserError(f"init.weights: {err}; {hint}") from None
+            if all(os.environ.get(key, "0") == "0" for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK")):
+                print(f"vpnext: init.weights: {summary}", file=sys.stderr, flush=True)
 
 
 def _parser_kwargs(epilog: str | None) -> dict[str, Any]:
@@ -390,6 +435,19 @@ def _check_inputs(config: Namespace) -> None:
     ckpt = config.get("ckpt_path")
     if ckpt and str(ckpt) not in _CKPT_KEYWORDS and not Path(str(ckpt)).is_file():
         raise UserError(f"ckpt_path: checkpoint file not found: {ckpt}")
+    # Files from others are opened weights_only (no code runs) before anything else happens.
+    if ckpt and Path(str(ckpt)).is_file():
+        check_weights_file(str(ckpt))
+    pretrained = config.model.get("pretrained")
+    if isinstance(pretrained, str) and pretrained.lower() not in ("true", "false"):
+        if not Path(pretrained).expanduser().is_file():
+            raise UserError(f"model.pretrained: backbone weights file not found: {pretrained}")
+        check_weights_file(Path(pretrained).expanduser())
+    init = config.get("init")
+    if init is not None and init.weights:
+        if not Path(init.weights).is_file():
+            raise UserError(f"init.weights: weights file not found: {init.weights}")
+        check_weights_file(init.weights)
     data = config.data
     if data.dataset != "synthetic" and data.root and not Path(data.root).is_dir():
         raise UserError(f"data.root: dataset root of {data.dataset!r} not found: {data.root}")

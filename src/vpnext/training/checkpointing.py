@@ -417,3 +417,127 @@ def _step_of(row: dict[str, str]) -> float:
         return float(row.get("step") or "inf")
     except ValueError:
         return float("inf")
+
+
+# ---- weights from other runs ---------------------------------------------------------------------
+def check_weights_file(path: str | Path) -> None:
+    """Open a weights file the way it will be loaded and refuse it if it is unsafe or unreadable.
+
+    ``.safetensors`` files are read with safetensors (which holds no code); everything else
+    through :func:`safe_load`.
+
+    Raises:
+        UnsafeCheckpointError: A pickled payload.
+        CorruptCheckpointError: Not readable.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                list(handle.keys())
+        except Exception as err:  # safetensors raises its own error types
+            raise CorruptCheckpointError(
+                f"{path}: not a readable safetensors file ({_last_line(err)})"
+            ) from None
+        return
+    try:
+        safe_load(path, mmap=True)
+    except CorruptCheckpointError:
+        safe_load(path)  # files in torch's legacy (non-zip) format cannot be memory-mapped
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a Lightning checkpoint (its ``state_dict``) or of a plain state-dict file."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        check_weights_file(path)
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    loaded = safe_load(path)
+    state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else None
+    if not isinstance(state, dict):
+        raise CorruptCheckpointError(f"{path}: holds no state dict (a mapping of parameter names to tensors)")
+    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def state_dict_mismatch(
+    expected: dict[str, torch.Tensor], given: dict[str, torch.Tensor]
+) -> tuple[list[str], list[str], list[tuple[str, tuple[int, ...], tuple[int, ...]]]]:
+    """Keys ``given`` lacks, keys it has in excess, and ``(key, given shape, expected shape)``."""
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    shapes = [
+        (k, tuple(given[k].shape), tuple(expected[k].shape))
+        for k in expected
+        if k in given and tuple(given[k].shape) != tuple(expected[k].shape)
+    ]
+    return missing, unexpected, shapes
+
+
+def describe_mismatch(
+    missing: list[str],
+    unexpected: list[str],
+    shapes: list[tuple[str, tuple[int, ...], tuple[int, ...]]],
+    limit: int = 6,
+) -> str:
+    """One line naming the mismatched keys and shapes (the first ``limit`` of each kind)."""
+
+    def listed(items: list[str]) -> str:
+        more = f", ... ({len(items) - limit} more)" if len(items) > limit else ""
+        return ", ".join(items[:limit]) + more
+
+    parts = []
+    if shapes:
+        parts.append(
+            f"{len(shapes)} with other shapes (file vs model): "
+            + listed([f"{k} {list(a)} vs {list(b)}" for k, a, b in shapes])
+        )
+    if missing:
+        parts.append(f"{len(missing)} missing from the file: {listed(missing)}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} not in the model: {listed(unexpected)}")
+    return "; ".join(parts)
+
+
+def _align_prefix(expected: dict[str, Any], given: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Accept a bare ``VPNeXt`` state dict for a ``SegmentationModule`` (keys under ``model.``)."""
+    if any(k in expected for k in given):
+        return given
+    prefixed = {f"model.{k}": v for k, v in given.items()}
+    return prefixed if any(k in expected for k in prefixed) else given
+
+
+def load_weights(module: torch.nn.Module, path: str | Path, strict: bool = True) -> str:
+    """Initialise ``module`` from a weights file (fine-tuning), no training state.
+
+    Args:
+        module: The model (a ``SegmentationModule`` or a ``VPNeXt``).
+        path: A vpnext checkpoint or a state-dict file (``.pt``/``.pth``/``.safetensors``).
+        strict: Refuse any key or shape difference; with ``False`` load the tensors whose name and
+            shape match and keep the module's own values for the others.
+
+    Returns:
+        A one-line summary of what was loaded.
+
+    Raises:
+        ValueError: ``strict`` and the file does not fit (the message lists the differences).
+    """
+    expected = module.state_dict()
+    given = _align_prefix(expected, load_state_dict_file(path))
+    missing, unexpected, shapes = state_dict_mismatch(expected, given)
+    if strict and (missing or unexpected or shapes):
+        raise ValueError(f"{path} does not fit the model: {describe_mismatch(missing, unexpected, shapes)}")
+    bad = {k for k, _, _ in shapes}
+    usable = {k: v for k, v in given.items() if k in expected and k not in bad}
+    if not usable:
+        raise ValueError(f"{path}: no tensor matches the model by name and shape; wrong file?")
+    module.load_state_dict(usable, strict=False)
+    summary = f"loaded {len(usable)} of {len(expected)} tensors from {path}"
+    if missing or unexpected or shapes:
+        summary += (
+            f"; kept the model's own values for the rest ({describe_mismatch(missing, unexpected, shapes)})"
+        )
+    return summary
