@@ -47,6 +47,9 @@ from vpnext.training.checkpointing import (
     PREEMPTED_EXIT_CODE,
     CorruptCheckpointError,
     LastCheckpoint,
+    NonFiniteLossError,
+    NonFiniteLossGuard,
+    NonFiniteWeightsError,
     Preempted,
     PreemptionCheckpoint,
     ResumedCSVLog,
@@ -534,6 +537,7 @@ def _run_callbacks(
             LearningRateMonitor(logging_interval="step"),
             PreemptionCheckpoint(last),
             RNGStateCheckpoint(),
+            NonFiniteLossGuard(),
         ]
     if subcommand == "predict":
         callbacks.append(PredictionWriter(str(run_dir / "predictions")))
@@ -571,7 +575,8 @@ def _describe(err: BaseException) -> str:
 
     message = " ".join(str(err).split()) or type(err).__name__
     one_line = (UserError, DatasetError, PretrainedWeightsError, FileNotFoundError)
-    if isinstance(err, (*one_line, UnsafeCheckpointError, CorruptCheckpointError)):
+    checkpoints = (UnsafeCheckpointError, CorruptCheckpointError, NonFiniteLossError, NonFiniteWeightsError)
+    if isinstance(err, (*one_line, *checkpoints)):
         return message
     return f"{type(err).__name__}: {message}"
 

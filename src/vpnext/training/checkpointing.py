@@ -14,6 +14,9 @@
   before the time limit, ``#SBATCH --signal=USR1@120``) and a first Ctrl-C into "finish the
   current step (or validation), write ``last.ckpt``, stop" and raises :class:`Preempted`, which the
   CLI reports with the command that resumes the run and exit code :data:`PREEMPTED_EXIT_CODE`.
+* :class:`NonFiniteLossGuard` stops a fit at the first step whose loss (any term) is NaN or
+  infinite, before the update; :class:`SafeCheckpointIO` also refuses to write non-finite weights,
+  so the last checkpoint on disk is always a finite one.
 * :class:`RNGStateCheckpoint` stores the global torch/numpy/python random states in the
   checkpoint and restores them at the first step after a resume (dropout draws from them).
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import math
 import os
 import pickle
 import random
@@ -45,6 +49,9 @@ __all__ = [
     "PREEMPTED_EXIT_CODE",
     "CorruptCheckpointError",
     "LastCheckpoint",
+    "NonFiniteLossError",
+    "NonFiniteLossGuard",
+    "NonFiniteWeightsError",
     "Preempted",
     "PreemptionCheckpoint",
     "RNGStateCheckpoint",
@@ -110,6 +117,11 @@ class SafeCheckpointIO(TorchCheckpointIO):
         """Write ``checkpoint`` to ``path`` through a temporary file and an atomic rename."""
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options")
+        bad = first_non_finite(checkpoint.get("state_dict", {}))
+        if bad is not None:
+            raise NonFiniteWeightsError(
+                f"refused to write {path}: weight {bad} is not finite; the previous checkpoint is kept"
+            )
         atomic_torch_save(checkpoint, Path(path))
 
     def load_checkpoint(
@@ -541,3 +553,64 @@ def load_weights(module: torch.nn.Module, path: str | Path, strict: bool = True)
             f"; kept the model's own values for the rest ({describe_mismatch(missing, unexpected, shapes)})"
         )
     return summary
+
+
+# ---- non-finite losses and weights ---------------------------------------------------------------
+class NonFiniteLossError(Exception):
+    """A loss term became NaN or infinite; the run stopped before the update."""
+
+
+class NonFiniteWeightsError(Exception):
+    """A checkpoint about to be written holds NaN or infinite weights; it was not written."""
+
+
+class NonFiniteLossGuard(Callback):
+    """Stops training at the first step whose loss is not finite, before that step's update.
+
+    The check runs before the backward pass, so no non-finite gradient reaches the weights and
+    the last checkpoint (written from finite weights) stays the latest. The error names the step
+    and every logged loss term (``train/loss_main``, ``train/loss_aux_<i>``, ``train/loss_align``)
+    that is not finite. Under DDP the ranks agree first (the gradients are averaged, so one
+    rank's NaN would reach every rank's weights).
+    """
+
+    def on_before_backward(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, loss: torch.Tensor
+    ) -> None:
+        bad = not bool(torch.isfinite(loss.detach()).all())
+        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            flag = torch.tensor([int(bad)], device=loss.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            if flag.item() and not bad:
+                raise NonFiniteLossError(
+                    f"non-finite loss on another rank at step {trainer.global_step}; "
+                    "stopped before the update"
+                )
+        if not bad:
+            return
+        terms = {
+            name: float(value)
+            for name, value in trainer.callback_metrics.items()
+            if name.startswith("train/loss_") and value.numel() == 1
+        }
+        named = [f"{name} = {value}" for name, value in sorted(terms.items()) if not math.isfinite(value)]
+        finite = [name for name, value in sorted(terms.items()) if math.isfinite(value)]
+        what = ", ".join(named) if named else f"train/loss = {float(loss.detach())}"
+        also = f" (finite: {', '.join(finite)})" if finite and named else ""
+        last = next((c for c in trainer.checkpoint_callbacks if isinstance(c, LastCheckpoint)), None)
+        kept = f"; last checkpoint kept: {last.path}" if last is not None and last.path.is_file() else ""
+        raise NonFiniteLossError(
+            f"non-finite loss at step {trainer.global_step}: {what}{also}; stopped before the update{kept}"
+        )
+
+
+def first_non_finite(state_dict: dict[str, Any]) -> str | None:
+    """Name of the first floating tensor in ``state_dict`` holding NaN or inf, else ``None``."""
+    for name, value in state_dict.items():
+        if (
+            isinstance(value, torch.Tensor)
+            and value.is_floating_point()
+            and not bool(torch.isfinite(value).all())
+        ):
+            return name
+    return None
