@@ -1,4 +1,11 @@
-"""Two-process DDP on CPU through the ``vpnext`` command (``strategy=ddp``, gloo)."""
+"""DDP on CPU through the ``vpnext`` command (``strategy=ddp``, gloo): every image scored once.
+
+The val split has 7 images, a multiple of neither 2 nor 3, so a padding distributed sampler would
+score an image twice on 2 processes and two images twice on 3. Every distributed evaluation is
+compared with one process scoring the same checkpoint: the synced confusion counts are integers
+summed over ranks, so mIoU and per-class IoU must come out bit-identical, and ``results.json`` must
+say that all 7 images were scored, each once.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +13,45 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import torch
 from test_cli import SMALL_RUN_ARGS, only_run_dir, read_json
 
 from vpnext.cli import main
+from vpnext.tools import report
+
+VAL_IMAGES = 7
+ARGS = [*SMALL_RUN_ARGS, f"--data.synthetic_kwargs={{num_train: 8, num_val: {VAL_IMAGES}, image_size: 64}}"]
+DDP = ["--trainer.strategy=ddp", "--trainer.accelerator=cpu"]
+SINGLE = ["--trainer.devices=1", "--trainer.strategy=auto"]
+#: Subcommand and protocol per mode: ss with sliding windows of 48 at stride 32 (four per 64x64
+#: image) through validation_step; multi-scale + flip on whole images through test_step.
+EVAL_MODES = {
+    "ss": (
+        "validate",
+        [
+            "--model.eval_mode=ss",
+            "--model.eval_window=slide",
+            "--model.eval_crop=48",
+            "--model.eval_stride=32",
+        ],
+    ),
+    "ms_flip": (
+        "test",
+        ["--model.eval_mode=ms_flip", "--model.eval_scales=[0.75,1.25]", "--model.eval_window=whole"],
+    ),
+}
+FULL_SPLIT = {
+    "images_evaluated": VAL_IMAGES,
+    "images_distinct": VAL_IMAGES,
+    "split_size": VAL_IMAGES,
+    "partial": False,
+    "images_repeated": 0,
+}
 
 
 def vpnext_command() -> list[str]:
@@ -23,25 +63,115 @@ def vpnext_command() -> list[str]:
     return [found] if found else [sys.executable, "-m", "vpnext.cli"]
 
 
-@pytest.mark.slow
-def test_ddp_fit_syncs_miou_like_a_single_process(tmp_path: Path) -> None:
-    # 4 val images split 2 + 2: no sampler padding, so both runs score exactly the same pixels.
-    data, root = tmp_path / "data", tmp_path / "runs"
-    ddp = ["--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.accelerator=cpu"]
-    args = ["fit", *SMALL_RUN_ARGS, *ddp, f"--data.root={data}", f"--run.root={root}", "--run.name=ddp"]
+def run_ddp(args: list[str], devices: int) -> None:
+    """``vpnext <args>`` on ``devices`` CPU processes, one thread each."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(vpnext_command() + args, capture_output=True, text=True, timeout=600, env=env)
+    command = [*vpnext_command(), *args, f"--trainer.devices={devices}", *DDP]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
-    run = only_run_dir(root / "ddp", "_fit")  # both ranks wrote into one run directory
-    distributed = read_json(run / "results.json")
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """The single-process reference computes with one thread, like each DDP rank."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def coverage(results: dict) -> dict:
+    return {key: results[key] for key in FULL_SPLIT}
+
+
+@pytest.fixture(scope="module")
+def ddp_fit(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-process fit (8 train / 7 val images); its validations run on 4 + 3 images."""
+    data, root = tmp_path_factory.mktemp("data"), tmp_path_factory.mktemp("runs")
+    run_ddp(["fit", *ARGS, f"--data.root={data}", f"--run.root={root}", "--run.name=ddp"], devices=2)
+    return only_run_dir(root / "ddp", "_fit")  # both ranks wrote into one run directory
+
+
+@pytest.fixture(scope="module")
+def single_process(ddp_fit: Path) -> dict[str, dict]:
+    """results.json of one process scoring ``last.ckpt`` of the DDP fit, per evaluation mode."""
+    ckpt = ddp_fit / "checkpoints" / "last.ckpt"
+    results = {}
+    for mode, (command, protocol) in EVAL_MODES.items():
+        args = [command, "--config", str(ddp_fit / "config.yaml"), *SINGLE, f"--run.name=single_{mode}"]
+        with one_thread():
+            assert main([*args, *protocol, "--ckpt_path", str(ckpt)]) == 0
+        results[mode] = read_json(
+            only_run_dir(ddp_fit.parent.parent / f"single_{mode}", f"_{command}") / "results.json"
+        )
+    return results
+
+
+@pytest.mark.slow
+def test_ddp_fit_validates_every_image_once(ddp_fit: Path) -> None:
+    distributed = read_json(ddp_fit / "results.json")
     assert distributed["world_size"] == 2
     assert distributed["optimizer_steps"] == 2 and distributed["images_seen"] == 2 * 4 * 2
+    assert coverage(distributed) == FULL_SPLIT
 
-    ckpt = run / "checkpoints" / "last.ckpt"
-    single_args = ["--trainer.devices=1", "--trainer.strategy=auto", "--ckpt_path", str(ckpt)]
-    assert main(["validate", "--config", str(run / "config.yaml"), *single_args]) == 0
-    single = read_json(only_run_dir(root / "ddp", "_validate") / "results.json")
-    assert single["world_size"] == 1
+    # The default protocol of the fit's validation, on one process: the same counts, to the bit.
+    ckpt = ddp_fit / "checkpoints" / "last.ckpt"
+    with one_thread():
+        assert (
+            main(["validate", "--config", str(ddp_fit / "config.yaml"), *SINGLE, "--ckpt_path", str(ckpt)])
+            == 0
+        )
+    single = read_json(only_run_dir(ddp_fit.parent, "_validate") / "results.json")
+    assert single["world_size"] == 1 and coverage(single) == FULL_SPLIT
     assert single["mIoU"] == distributed["mIoU"]
     assert single["per_class_iou"] == distributed["per_class_iou"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("devices", [2, 3])
+@pytest.mark.parametrize("mode", list(EVAL_MODES))
+def test_ddp_evaluation_equals_single_process(
+    ddp_fit: Path, single_process: dict[str, dict], mode: str, devices: int
+) -> None:
+    command, protocol = EVAL_MODES[mode]
+    name = f"ddp{devices}_{mode}"
+    ckpt = ddp_fit / "checkpoints" / "last.ckpt"
+    run_ddp(
+        [
+            command,
+            "--config",
+            str(ddp_fit / "config.yaml"),
+            *protocol,
+            f"--run.name={name}",
+            "--ckpt_path",
+            str(ckpt),
+        ],
+        devices,
+    )
+    distributed = read_json(only_run_dir(ddp_fit.parent.parent / name, f"_{command}") / "results.json")
+    single = single_process[mode]
+
+    assert distributed["world_size"] == devices and distributed["evaluation"] == single["evaluation"]
+    assert coverage(distributed) == coverage(single) == FULL_SPLIT
+    assert distributed["mIoU"] == single["mIoU"]  # exact: integer counts summed over ranks
+    assert distributed["per_class_iou"] == single["per_class_iou"]
+
+
+@pytest.mark.slow
+def test_partial_evaluation_is_flagged_in_results_and_report(ddp_fit: Path) -> None:
+    ckpt = ddp_fit / "checkpoints" / "last.ckpt"
+    args = ["validate", "--config", str(ddp_fit / "config.yaml"), *SINGLE, "--ckpt_path", str(ckpt)]
+    assert main([*args, "--trainer.limit_val_batches=3", "--run.name=partial"]) == 0
+    partial = read_json(only_run_dir(ddp_fit.parent.parent / "partial", "_validate") / "results.json")
+    assert coverage(partial) == {**FULL_SPLIT, "images_evaluated": 3, "images_distinct": 3, "partial": True}
+
+    # The partial run finished last, so it takes the fit's Table II row; the row says it is partial.
+    markdown, tables = report.render_report(ddp_fit.parent.parent)
+    (row,) = [line for line in markdown.splitlines() if line.endswith("| 70.00 |")]  # HiCLR depth 3
+    assert f"partial: 3/{VAL_IMAGES} images" in row
+    assert f"partial evaluation, 3 of {VAL_IMAGES} val images" in markdown
+    runs = [line for line in markdown.split("## All runs")[1].splitlines() if line.startswith("| vcr")]
+    marked = [line for line in runs if "partial" in line]
+    assert len(marked) == 1 and "`partial/" in marked[0] and len(runs) > 1

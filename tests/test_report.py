@@ -163,3 +163,34 @@ def test_main_rejects_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exit_:
         report.main([str(tmp_path / "nope")])
     assert exit_.value.code == 2
+
+
+def with_coverage(
+    folder: Path, evaluated: int, distinct: int, size: int, partial: bool, repeated: int
+) -> None:
+    path = folder / "results.json"
+    record = json.loads(path.read_text())
+    counts = dict(images_evaluated=evaluated, images_distinct=distinct, split_size=size)
+    path.write_text(json.dumps({**record, **counts, "partial": partial, "images_repeated": repeated}))
+
+
+def test_partial_and_repeating_evaluations_are_marked(runs: Path) -> None:
+    with_coverage(runs / "d", 7, 7, 7, partial=False, repeated=0)  # whole split once: no mark
+    with_coverage(runs / "nested/f", 3, 3, 7, partial=True, repeated=0)
+    with_coverage(runs / "e", 8, 7, 7, partial=False, repeated=1)
+    markdown, _ = report.render_report(runs)
+    assert table_rows(markdown, "Table II")[:4] == [
+        "| Bilinear | 0 | 44.44 | 68.83 |",
+        "| Mock pyramid | 2 | 45.55 (1 repeated) | 69.01 |",
+        "| Our real pyramid | 1 | 47.77 | 69.50 |",
+        "|  | 2 | – | 69.87 |",
+    ]
+    assert "|  | 3 | 46.66 (partial: 3/7 images) | 70.00 |" in table_rows(markdown, "Table II")
+    notes = "\n".join(section(markdown, "Table II"))
+    assert (
+        f"- note: Our real pyramid 3: partial evaluation, 3 of 7 val images (`{runs / 'nested/f'}`)" in notes
+    )
+    assert f"- note: Mock pyramid 2: 8 val images scored, only 7 of them distinct (`{runs / 'e'}`)" in notes
+    assert "partial" not in "\n".join(section(markdown, "Table I"))
+    everything = section(markdown, "All runs")
+    assert "| vcr | 2 | context | hiclr | 3 | true | 46.66 (partial: 3/7 images) | `nested/f` |" in everything

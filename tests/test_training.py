@@ -178,6 +178,49 @@ def test_validation_scores_original_resolution_and_skips_absent_classes(tmp_path
     assert result["mIoU"] == pytest.approx((iou0 + iou1) / 2)
     assert logged["val/mIoU"] == pytest.approx((iou0 + iou1) / 2)
     assert "val/IoU/class_2" not in logged and logged["val/IoU/class_1"] == pytest.approx(iou1)
+    # Both images were scored; without an index in their meta they cannot be told apart.
+    assert result["images_evaluated"] == 2 and result["images_distinct"] is None and result["split_size"] == 2
+
+
+def _indexed_split(size: int) -> list[dict]:
+    samples = []
+    for index in range(size):
+        sample = _sample(torch.full((4, 4), index % 2, dtype=torch.long), torch.zeros(4, 4, dtype=torch.long))
+        sample["meta"]["index"] = index
+        samples.append(sample)
+    return samples
+
+
+COUNTS = ("images_evaluated", "images_distinct", "partial", "images_repeated")
+
+
+@pytest.mark.parametrize(
+    ("limit", "order", "counts"),
+    [
+        (1.0, [0, 1, 2], (3, 3, False, 0)),  # the whole split, each image once
+        (2, [0, 1, 2], (2, 2, True, 0)),  # limit_test_batches: partial
+        (1.0, [0, 1, 2, 0], (4, 3, False, 1)),  # what a padding DistributedSampler hands a process
+    ],
+)
+def test_evaluation_counts_the_images_it_scored(tmp_path, limit, order, counts) -> None:
+    module = _module()
+    trainer = L.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_test_batches=limit,
+        default_root_dir=tmp_path,
+    )
+    loader = DataLoader(_indexed_split(3), batch_size=1, sampler=order, collate_fn=seg_collate)
+    if counts[-1]:
+        with pytest.warns(UserWarning, match="4 images scored, 3 of them distinct: 1 repeated"):
+            trainer.test(module, dataloaders=loader, verbose=False)
+    else:
+        trainer.test(module, dataloaders=loader, verbose=False)
+    result = module.evaluation_results["test"]
+    assert result["split_size"] == 3 and tuple(result[key] for key in COUNTS) == counts
 
 
 def test_predict_returns_label_maps_at_original_size() -> None:

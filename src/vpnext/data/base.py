@@ -5,12 +5,13 @@ A sample is a dict::
     {"image": float32 tensor (3, h, w), normalised,
      "label": int64 tensor (H, W), train ids 0..K-1 and 255 = ignore (absent for unlabelled data),
      "meta":  {"image_path": str, "label_path": str | None, "ori_size": (H0, W0),
-               "img_size": (h, w)}}
+               "img_size": (h, w), "index": int}}
 
 ``ori_size`` is the size of the image file; ``img_size`` the size of the returned image before any
-batch padding. In evaluation mode (``keep_original_label=True``) the label is the untouched file
-content at ``ori_size`` while the image may be resized, so scores are computed at the original
-resolution.
+batch padding; ``index`` the sample's position in the split (the evaluation counts how often each
+image was scored by it). In evaluation mode (``keep_original_label=True``) the label is the
+untouched file content at ``ori_size`` while the image may be resized, so scores are computed at
+the original resolution.
 """
 
 from __future__ import annotations
@@ -235,6 +236,7 @@ class SegmentationDataset(Dataset):
                 "label_path": None if sample.label_path is None else str(sample.label_path),
                 "ori_size": ori_size,
                 "img_size": (int(image.shape[0]), int(image.shape[1])),
+                "index": int(index),
             },
         }
         if label is not None:

@@ -26,6 +26,7 @@ from vpnext.data.classes import RGB
 from vpnext.data.datasets import DATASET_CLASSES, ImageFolderDataset
 from vpnext.data.errors import DatasetError
 from vpnext.data.resume import EpochSeededDataset, ResumableSampler
+from vpnext.data.sampling import EvalDistributedSampler
 from vpnext.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_eval_transform, build_train_transform
 
 
@@ -279,6 +280,8 @@ class SegDataModule(L.LightningDataModule):
             dataset,
             batch_size=batch_size,
             shuffle=train,
+            # Evaluation under DDP: every image on exactly one rank (Lightning's sampler would pad).
+            sampler=None if train else self._eval_sampler(dataset),
             # Never drop the only (partial) batch of a dataset smaller than the batch size.
             drop_last=train and len(dataset) >= batch_size,
             num_workers=workers,
@@ -287,6 +290,21 @@ class SegDataModule(L.LightningDataModule):
             collate_fn=seg_collate,
             worker_init_fn=seed_worker if workers > 0 else None,
         )
+
+    def _eval_sampler(self, dataset: SegmentationDataset) -> EvalDistributedSampler | None:
+        """The non-repeating sampler when several processes share the evaluation, else ``None``.
+
+        The ranks come from the trainer's strategy (the data-parallel group, as Lightning's own
+        sampler would use), else from ``torch.distributed`` when the module is used without one.
+        """
+        kwargs = self.trainer.distributed_sampler_kwargs if self.trainer is not None else None
+        if kwargs is not None:
+            replicas, rank = int(kwargs["num_replicas"]), int(kwargs["rank"])
+        elif torch.distributed.is_available() and torch.distributed.is_initialized():
+            replicas, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+        else:
+            return None
+        return EvalDistributedSampler(dataset, replicas, rank) if replicas > 1 else None
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training crops, ``batch_size`` per step, resumable mid-epoch.

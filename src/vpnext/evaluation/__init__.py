@@ -1,5 +1,6 @@
-"""Test-time inference (whole, sliding window, multi-scale + flip) and mIoU."""
+"""Test-time inference (whole, sliding window, multi-scale + flip), mIoU and image coverage."""
 
+from vpnext.evaluation.coverage import ImageTally, coverage_flags
 from vpnext.evaluation.inference import (
     inference,
     ms_flip_inference,
@@ -16,7 +17,9 @@ from vpnext.evaluation.metrics import (
 )
 
 __all__ = [
+    "ImageTally",
     "confusion_matrix",
+    "coverage_flags",
     "inference",
     "iou_from_confusion",
     "jaccard_index",

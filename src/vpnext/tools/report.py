@@ -15,7 +15,9 @@ by ``vpnext sweep``, ``wandb agent`` or by hand all count. One run can fill rows
 Paper rows without a run show ``–``. When several runs land in one row (say, a smoke test and a
 full run), the one that finished last is shown and a note says so; runs whose dataset, backbone,
 crop or step count differ from each other are listed under the table, since their numbers are
-not comparable.
+not comparable. A number that is not over the whole split, each image once, says so where it is
+shown: a run whose ``results.json`` records a partial evaluation (``limit_val_batches``) or
+repeated images shows e.g. ``41.20 (partial: 3/7 images)`` and gets a note under the table.
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ class Run:
         miou: mIoU as a fraction, ``None`` if the run never evaluated.
         finished_at: ISO timestamp; the latest run wins a contested row.
         setting: What must agree between runs of one table (dataset, backbone, crop, steps).
+        coverage_mark: Short flag after the number when the evaluation did not score every image
+            of the split exactly once (``partial: 3/7 images``), else empty.
+        coverage_note: The same in words, for the note under the table.
     """
 
     path: Path
@@ -53,6 +58,8 @@ class Run:
     miou: float | None
     finished_at: str
     setting: tuple[tuple[str, Any], ...]
+    coverage_mark: str = ""
+    coverage_note: str = ""
 
 
 def load_runs(runs_dir: str | Path, metric: str = "mIoU", split: str = "val") -> list[Run]:
@@ -69,10 +76,28 @@ def load_runs(runs_dir: str | Path, metric: str = "mIoU", split: str = "val") ->
             ("crop", _plain(data.get("crop_size"))),
             ("steps", record.get("optimizer_steps")),
         )
-        runs.append(
-            Run(path, record["model"], record.get(metric), str(record.get("finished_at", "")), setting)
-        )
+        mark, note = coverage(record)
+        finished = str(record.get("finished_at", ""))
+        runs.append(Run(path, record["model"], record.get(metric), finished, setting, mark, note))
     return runs
+
+
+def coverage(record: dict[str, Any]) -> tuple[str, str]:
+    """Flag and note for an evaluation that was partial or repeated images; empty if it was whole.
+
+    Files written before ``results.json`` recorded image counts carry no flag.
+    """
+    evaluated, distinct = record.get("images_evaluated"), record.get("images_distinct")
+    size, split = record.get("split_size"), record.get("split", "")
+    marks, notes = [], []
+    if record.get("partial"):
+        covered = distinct if distinct is not None else evaluated
+        marks.append(f"partial: {covered}/{size} images")
+        notes.append(f"partial evaluation, {covered} of {size} {split} images")
+    if record.get("images_repeated"):
+        marks.append(f"{record['images_repeated']} repeated")
+        notes.append(f"{evaluated} {split} images scored, only {distinct} of them distinct")
+    return "; ".join(marks), "; ".join(notes)
 
 
 def load_flops(runs_dir: str | Path) -> list[dict[str, Any]]:
@@ -229,6 +254,9 @@ def _fill(
         if len(candidates) > 1:
             others = ", ".join(str(r.path.parent) for r in candidates[:-1])
             notes.append(f"{key[1]} {key[2]}: {len(candidates)} runs; shows the latest, not {others}")
+    for key, run in rows.items():
+        if run is not None and run.coverage_note:
+            notes.append(f"{key[1]} {key[2]}: {run.coverage_note} (`{run.path.parent}`)")
     shown = [r for r in rows.values() if r is not None]
     for index, name in enumerate(("dataset", "backbone", "crop", "steps")):
         values = sorted({str(r.setting[index][1]) for r in shown})
@@ -252,13 +280,17 @@ def _percent(value: float | None) -> str:
     return MISSING if value is None else f"{100 * value:.2f}"
 
 
+def _score(run: Run | None) -> str:
+    """The run's number as a percentage, flagged when it is not over the whole split once."""
+    if run is None or run.miou is None:
+        return MISSING
+    return _percent(run.miou) + (f" ({run.coverage_mark})" if run.coverage_mark else "")
+
+
 def _miou_section(title: str, second: str, filled: dict[RowKey, Run | None], notes: list[str]) -> str:
     table = markdown_table(
         ["Methods", second, "mIoU(%)", "paper"],
-        [
-            (key[1], key[2], _percent(run.miou if run else None), PAPER_MIOU[key[1:]])
-            for key, run in filled.items()
-        ],
+        [(key[1], key[2], _score(run), PAPER_MIOU[key[1:]]) for key, run in filled.items()],
     )
     lines = [f"## {title}", "", table, "", _setting_line(filled.values()), PAPER_NOTE]
     lines += [f"- note: {note}" for note in notes]
@@ -294,7 +326,7 @@ def _all_runs_section(runs: Sequence[Run], root: Path) -> str:
     rows = sorted(
         [
             *(_cell(run.model.get(s)) for s in switches),
-            _percent(run.miou),
+            _score(run),
             f"`{run.path.parent.relative_to(root)}`",
         ]
         for run in runs

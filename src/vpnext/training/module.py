@@ -22,9 +22,18 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from vpnext.evaluation import inference, jaccard_index, miou_from_torchmetrics, ms_flip_inference, resize_to
+from vpnext.evaluation import (
+    ImageTally,
+    coverage_flags,
+    inference,
+    jaccard_index,
+    miou_from_torchmetrics,
+    ms_flip_inference,
+    resize_to,
+)
 from vpnext.losses import DICE_WEIGHT, FOCAL_WEIGHT, SegmentationLoss
 from vpnext.models import VPNeXt
 from vpnext.models.vpnext import AuxMode, DeformImpl, HeadMode, UpsamplerMode
@@ -133,7 +142,10 @@ class SegmentationModule(L.LightningModule):
         )
         self.val_iou = jaccard_index(num_classes, ignore_index)
         self.test_iou = jaccard_index(num_classes, ignore_index)
-        #: Last completed evaluation per split ("val", "test"): mIoU, per-class IoU, step.
+        # How often each image of the split was scored (summed over ranks at the epoch end).
+        self.val_images = ImageTally()
+        self.test_images = ImageTally()
+        #: Last completed evaluation per split ("val", "test"): mIoU, per-class IoU, step, image counts.
         self.evaluation_results: dict[str, dict[str, Any]] = {}
 
     # ---- model facts other tools read -----------------------------------------------------------
@@ -236,27 +248,45 @@ class SegmentationModule(L.LightningModule):
             pairs.append((scores.argmax(1), labels[i : i + 1, :oh, :ow]))
         return pairs
 
+    def on_validation_epoch_start(self) -> None:
+        self.val_images.reset(_split_size(self.trainer.val_dataloaders))
+
+    def on_test_epoch_start(self) -> None:
+        self.test_images.reset(_split_size(self.trainer.test_dataloaders))
+
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        """Accumulate the validation confusion counts of one batch."""
+        """Accumulate the validation confusion counts of one batch (and which images it held)."""
         for pred, label in self._score_batch(batch):
             self.val_iou.update(pred, label)
+        self.val_images.update(_metas(batch))
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        """Accumulate the test confusion counts of one batch."""
+        """Accumulate the test confusion counts of one batch (and which images it held)."""
         for pred, label in self._score_batch(batch):
             self.test_iou.update(pred, label)
+        self.test_images.update(_metas(batch))
 
     def on_validation_epoch_end(self) -> None:
         """Log ``val/mIoU`` and ``val/IoU/<class>`` over the whole split (all ranks)."""
-        self._log_split("val", self.val_iou)
+        self._log_split("val", self.val_iou, self.val_images)
 
     def on_test_epoch_end(self) -> None:
         """Log ``test/mIoU`` and ``test/IoU/<class>`` over the whole split (all ranks)."""
-        self._log_split("test", self.test_iou)
+        self._log_split("test", self.test_iou, self.test_images)
 
-    def _log_split(self, split: str, metric: Any) -> None:
+    def _log_split(self, split: str, metric: Any, tally: ImageTally) -> None:
         per_class = metric.compute()  # synced across ranks by torchmetrics
         metric.reset()
+        # The one collective of the tally, after the last batch: ranks may run different numbers
+        # of batches (the evaluation sampler does not pad), so nothing may sync per step.
+        images = tally.compute(lambda t: self.trainer.strategy.reduce(t.to(self.device), reduce_op="sum"))
+        flags = coverage_flags(images["images_evaluated"], images["images_distinct"], images["split_size"])
+        if flags["images_repeated"] and not self.trainer.sanity_checking:
+            rank_zero_warn(
+                f"{split}: {images['images_evaluated']} images scored, {images['images_distinct']} of them "
+                f"distinct: {flags['images_repeated']} repeated scorings count again in the mIoU (does a "
+                "padding distributed sampler feed this loader?)"
+            )
         miou = float(miou_from_torchmetrics(per_class))
         names = self.class_names
         values = {name: float(v) for name, v in zip(names, per_class.tolist(), strict=True)}
@@ -271,6 +301,8 @@ class SegmentationModule(L.LightningModule):
                 "mIoU": miou,
                 "per_class_iou": {n: (None if math.isnan(v) else v) for n, v in values.items()},
                 "step": int(self.global_step),
+                **images,
+                **flags,
             }
 
     # ---- prediction -----------------------------------------------------------------------------
@@ -284,6 +316,21 @@ class SegmentationModule(L.LightningModule):
             scores = self(images[i : i + 1, :, :h, :w])
             maps.append(resize_to(scores, meta.get("ori_size", (h, w))).argmax(1)[0])
         return maps
+
+
+def _metas(batch: dict[str, Any]) -> list[Any]:
+    """One ``meta`` dict (or ``None``) per sample of a batch."""
+    metas = batch.get("meta")
+    return list(metas) if metas else [None] * int(batch["image"].shape[0])
+
+
+def _split_size(dataloaders: Any) -> int | None:
+    """Number of samples of the (single) evaluation loader's dataset, ``None`` if not sized."""
+    dataset = getattr(dataloaders, "dataset", None)
+    try:
+        return None if dataset is None else len(dataset)
+    except TypeError:  # an iterable dataset without __len__
+        return None
 
 
 def _pair(size: int | Sequence[int] | None) -> tuple[int, int] | None:

@@ -26,6 +26,7 @@ from PIL import Image
 import vpnext
 
 __all__ = [
+    "COVERAGE_KEYS",
     "RESULTS_FILE",
     "SCHEMA_VERSION",
     "LastCheckpoint",
@@ -35,6 +36,8 @@ __all__ = [
 ]
 
 RESULTS_FILE = "results.json"
+#: What ``results.json`` says about the images behind ``mIoU`` (see docs/training.md).
+COVERAGE_KEYS = ("images_evaluated", "images_distinct", "split_size", "partial", "images_repeated")
 #: Bump when a field changes meaning or disappears (adding fields keeps the version).
 SCHEMA_VERSION = 1
 
@@ -118,6 +121,8 @@ class ResultsWriter(Callback):
             "mIoU": None if evaluation is None else _finite(evaluation["mIoU"]),
             "per_class_iou": None if evaluation is None else evaluation["per_class_iou"],
             "evaluated_at_step": None if evaluation is None else evaluation["step"],
+            # Coverage of that evaluation: each image once means evaluated == distinct == split_size.
+            **{key: None if evaluation is None else evaluation.get(key) for key in COVERAGE_KEYS},
             "best_mIoU": None,
             "model": _jsonable(getattr(pl_module, "model_hparams", {})),
             "hparams": _jsonable(dict(pl_module.hparams)),
