@@ -158,6 +158,11 @@ def test_run_dirs_are_deterministic_distinct_and_depend_on_overrides(tmp_path: P
     assert not set(first) & set(other)
 
 
+def use_fake(monkeypatch: pytest.MonkeyPatch, fake: FakeVpnext) -> None:
+    """Replace the runner's process launcher by ``fake`` (exit code of the ``vpnext fit`` it stands for)."""
+    monkeypatch.setattr(runner, "_execute", lambda argv, env, log=None: fake(argv, env).returncode)
+
+
 class FakeVpnext:
     """Stands in for the ``vpnext fit`` subprocess: records calls, writes results.json on success."""
 
@@ -182,9 +187,9 @@ def test_finished_runs_are_skipped_and_the_rest_run_once(
     points = runner.plan_runs(VITUP, tmp_path, ["--trainer.max_steps=2"])
     for done in (points[0], points[3]):
         done.run_dir.mkdir(parents=True)
-        (done.run_dir / "results.json").write_text("{}")
+        (done.run_dir / "results.json").write_text(json.dumps({"mIoU": 0.5}))  # complete
     fake = FakeVpnext()
-    monkeypatch.setattr(runner.subprocess, "run", fake)
+    use_fake(monkeypatch, fake)
     code = runner.main([VITUP, "--runs-dir", str(tmp_path), "--", "--trainer.max_steps=2"])
     assert code == 0
     ran = [argv for argv, _ in fake.calls]
@@ -201,7 +206,7 @@ def test_finished_runs_are_skipped_and_the_rest_run_once(
 def test_a_failed_run_makes_the_sweep_fail_and_its_files_are_kept_aside(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    monkeypatch.setattr(runner.subprocess, "run", FakeVpnext(fail_on="'mock_pyramid'"))
+    use_fake(monkeypatch, FakeVpnext(fail_on="'mock_pyramid'"))
     assert runner.main([VITUP, "--runs-dir", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert "6 done, 0 skipped, 1 failed" in out
@@ -210,7 +215,7 @@ def test_a_failed_run_makes_the_sweep_fail_and_its_files_are_kept_aside(
 
     # Retrying moves the failed attempt's files aside (the CLI only writes into an empty folder).
     fake = FakeVpnext()
-    monkeypatch.setattr(runner.subprocess, "run", fake)
+    use_fake(monkeypatch, fake)
     assert runner.main([VITUP, "--runs-dir", str(tmp_path)]) == 0
     assert len(fake.calls) == 1
     assert (failed.run_dir.parent / f"{failed.run_dir.name}.failed-1" / "config.yaml").is_file()
@@ -219,7 +224,7 @@ def test_a_failed_run_makes_the_sweep_fail_and_its_files_are_kept_aside(
 
 def test_gpus_run_one_process_per_gpu(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     fake = FakeVpnext()
-    monkeypatch.setattr(runner.subprocess, "run", fake)
+    use_fake(monkeypatch, fake)
     assert runner.main([VCR_LAYERS, "--runs-dir", str(tmp_path), "--gpus", "0,1"]) == 0
     assert len(fake.calls) == 5
     assert {gpu for _, gpu in fake.calls} <= {"0", "1"}

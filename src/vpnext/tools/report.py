@@ -66,9 +66,9 @@ def load_runs(runs_dir: str | Path, metric: str = "mIoU", split: str = "val") ->
     """All runs under ``runs_dir`` evaluated on ``split`` (``results.json`` files, any depth)."""
     runs = []
     for path in sorted(Path(runs_dir).rglob(RESULTS_FILE)):
-        record = json.loads(path.read_text())
-        if record.get("split") != split or not isinstance(record.get("model"), dict):
-            continue
+        record = _read_record(path)
+        if record is None or record.get("split") != split or not isinstance(record.get("model"), dict):
+            continue  # unreadable files are counted by incomplete_runs
         data = record.get("data") or {}
         setting = (
             ("dataset", data.get("dataset")),
@@ -82,7 +82,34 @@ def load_runs(runs_dir: str | Path, metric: str = "mIoU", split: str = "val") ->
     return runs
 
 
+def _read_record(path: Path) -> dict[str, Any] | None:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def incomplete_runs(runs_dir: str | Path) -> list[Path]:
+    """Run folders (holding a ``config.yaml``) without a readable ``results.json``.
+
+    These are runs that were stopped (pre-empted, interrupted), failed, or are still running:
+    the CLI writes ``results.json`` last and atomically, only when a run finishes. W&B's own
+    ``config.yaml`` copies are not runs.
+    """
+    root = Path(runs_dir)
+    found = []
+    for config in sorted(root.rglob("config.yaml")):
+        run = config.parent
+        if "wandb" in run.relative_to(root).parts:
+            continue
+        if _read_record(run / RESULTS_FILE) is None:
+            found.append(run)
+    return found
+
+
 def coverage(record: dict[str, Any]) -> tuple[str, str]:
+
     """Flag and note for an evaluation that was partial or repeated images; empty if it was whole.
 
     Files written before ``results.json`` recorded image counts carry no flag.
@@ -420,6 +447,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     plot_hiclr_depth(tables["table2"], out / "hiclr_depth.png")
     print(markdown)
     print(f"vpnext report: wrote {out / 'tables.md'} and {out / 'hiclr_depth.png'}", file=sys.stderr)
+    ignored = incomplete_runs(root)
+    if ignored:
+        names = ", ".join(str(p.relative_to(root)) for p in ignored[:5])
+        names += ", ..." if len(ignored) > 5 else ""
+        print(
+            f"vpnext report: ignored {len(ignored)} incomplete run(s) without a complete results.json "
+            f"(stopped, failed or still running): {names}",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -11,20 +11,36 @@ sequentially, or in parallel with one process per GPU listed in ``--gpus``
 Run directories are deterministic, ``<runs-dir>/<sweep file stem>/<point>-<hash>``: ``<point>``
 names the swept values (``upsampler=hiclr,hiclr_depth=3``) and ``<hash>`` is a digest of the whole
 command, so the same sweep with other overrides (say, a 30-step smoke test) never reuses a full
-run's results. A point whose ``results.json`` exists is skipped, so re-running an interrupted
-sweep resumes it; a directory left by a failed attempt is renamed ``<dir>.failed-<k>`` first
-because the CLI refuses to write into a directory that holds files.
+run's results.
+
+Interruption and restart: the same command started again
+
+* skips every point whose run has a complete ``results.json`` (the CLI writes it atomically,
+  last, and never for a run that was stopped or failed);
+* resumes a run that was cut (a ``checkpoints/last.ckpt`` and no failure mark) with
+  ``--ckpt_path last``;
+* renames the folder of a failed attempt (marked :data:`FAILED_MARK` when its process exited
+  with an error) or of a run cut before its first checkpoint to ``<dir>.failed-<k>`` and starts
+  it afresh.
+
+SIGINT, SIGTERM or SIGUSR1 to the sweep stop it cleanly: each running ``vpnext fit`` (started in
+its own session, so that a terminal's Ctrl-C reaches it only once, through the sweep) gets
+SIGTERM, finishes its step, writes its checkpoint and exits; no new run starts; the sweep exits
+with the pre-emption code 75. A second signal interrupts the runs without a checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import hashlib
 import itertools
+import json
 import os
 import queue
 import shlex
+import signal
 import subprocess
 import sys
 import threading
@@ -39,6 +55,10 @@ import yaml
 __all__ = ["SweepPoint", "agent_command", "grid_points", "load_sweep", "main", "plan_runs"]
 
 RESULTS_FILE = "results.json"  # the CLI's per-run output; kept in sync with vpnext.training.results
+#: Written into a run folder whose process exited with an error: the next start reruns it afresh.
+FAILED_MARK = ".sweep-failed"
+#: Exit code of ``vpnext fit`` stopped by a signal with a checkpoint (vpnext.training.checkpointing).
+PREEMPTED_EXIT_CODE = 75
 
 
 @dataclass
@@ -59,10 +79,27 @@ class SweepPoint:
     seconds: float | None = None
     log: Path | None = field(default=None)
 
+    resume: bool = False
+
     @property
     def argv(self) -> list[str]:
-        """The full command line this runner starts."""
-        return [*self.command, f"--run.dir={self.run_dir.as_posix()}"]
+        """The full command line this runner starts (``--ckpt_path last`` when resuming)."""
+        resume = ["--ckpt_path", "last"] if self.resume else []
+        return [*self.command, f"--run.dir={self.run_dir.as_posix()}", *resume]
+
+
+def has_complete_results(run_dir: Path) -> bool:
+    """Whether ``run_dir/results.json`` exists and is a whole JSON record with an ``mIoU`` entry."""
+    try:
+        record = json.loads((run_dir / RESULTS_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and "mIoU" in record
+
+
+def is_resumable(run_dir: Path) -> bool:
+    """A run that was cut (not failed) after writing a checkpoint."""
+    return (run_dir / "checkpoints" / "last.ckpt").is_file() and not (run_dir / FAILED_MARK).exists()
 
 
 def load_sweep(path: str | Path) -> dict[str, Any]:
@@ -253,24 +290,77 @@ def _child_env(gpu: str | None) -> dict[str, str]:
     return env
 
 
+class _Stopper:
+    """Signal handling of the sweep: stop launching, ask the running runs to checkpoint and stop."""
+
+    def __init__(self) -> None:
+        self.signal_name: str | None = None
+        self.children: set[subprocess.Popen] = set()
+        self.lock = threading.Lock()
+
+    def handle(self, signum: int, frame: Any) -> None:
+        first = self.signal_name is None
+        self.signal_name = self.signal_name or signal.Signals(signum).name
+        if first:
+            print(
+                f"vpnext sweep: {signal.Signals(signum).name}: stopping; running runs write a checkpoint "
+                "(signal again to stop them without one)",
+                file=sys.stderr,
+                flush=True,
+            )
+        # SIGTERM makes `vpnext fit` finish its step and checkpoint; a second SIGINT stops it at once.
+        with self.lock:
+            for child in self.children:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(child.pid, signal.SIGTERM if first else signal.SIGINT)
+
+
+_STOP = _Stopper()
+
+
+def _execute(argv: list[str], env: dict[str, str], log: Path | None = None) -> int:
+    """Run one ``vpnext fit`` in its own session and wait for it; returns its exit code."""
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(log.open("a")) if log is not None else None
+        proc = subprocess.Popen(
+            argv, env=env, stdout=out, stderr=subprocess.STDOUT if out else None, start_new_session=True
+        )
+        with _STOP.lock:
+            _STOP.children.add(proc)
+        try:
+            return proc.wait()
+        finally:
+            with _STOP.lock:
+                _STOP.children.discard(proc)
+
+
 def _run_one(point: SweepPoint, gpu: str | None, to_log: bool) -> None:
-    moved = _free_failed_dir(point.run_dir)
-    if moved is not None:
-        print(f"vpnext sweep: kept the failed attempt's files in {moved}", flush=True)
+    if _STOP.signal_name is not None:
+        return
+    point.resume = is_resumable(point.run_dir)
+    if not point.resume:
+        moved = _free_failed_dir(point.run_dir)
+        if moved is not None:
+            print(f"vpnext sweep: kept the failed attempt's files in {moved}", flush=True)
     point.run_dir.parent.mkdir(parents=True, exist_ok=True)
     prefix = f"[GPU {gpu}] " if gpu is not None else ""
-    print(f"vpnext sweep: {prefix}start {point.run_dir.name}", flush=True)
+    verb = "resume" if point.resume else "start"
+    print(f"vpnext sweep: {prefix}{verb} {point.run_dir.name}", flush=True)
     start = time.monotonic()
     if to_log:
         point.log = point.run_dir.with_name(point.run_dir.name + ".log")
-        with point.log.open("w") as log:
-            proc = subprocess.run(point.argv, env=_child_env(gpu), stdout=log, stderr=subprocess.STDOUT)
-    else:
-        proc = subprocess.run(point.argv, env=_child_env(gpu))
+        point.log.write_text("")
+    code = _execute(point.argv, _child_env(gpu), point.log)
     point.seconds = time.monotonic() - start
-    point.returncode = proc.returncode
-    finished = proc.returncode == 0 and (point.run_dir / RESULTS_FILE).is_file()
-    point.status = "done" if finished else "failed"
+    point.returncode = code
+    if code == 0 and has_complete_results(point.run_dir):
+        point.status = "done"
+    elif code == PREEMPTED_EXIT_CODE and is_resumable(point.run_dir):
+        point.status = "cut"  # resumed at the next start
+    else:
+        point.status = "failed"
+        point.run_dir.mkdir(parents=True, exist_ok=True)
+        (point.run_dir / FAILED_MARK).write_text(f"exit code {code}\n")
     print(f"vpnext sweep: {prefix}{point.status} {point.run_dir.name} ({point.seconds:.0f} s)", flush=True)
 
 
@@ -308,8 +398,8 @@ def _summary(points: Sequence[SweepPoint]) -> str:
             f"  (exit {p.returncode}{', log ' + str(p.log) if p.log else ''})" if p.status == "failed" else ""
         )
         lines.append(f"{p.status:<8} {seconds:>7}  {p.run_dir}{note}")
-    counts = {s: sum(p.status == s for p in points) for s in ("done", "skipped", "failed")}
-    lines.append(", ".join(f"{n} {s}" for s, n in counts.items()))
+    counts = {s: sum(p.status == s for p in points) for s in ("done", "skipped", "failed", "cut", "pending")}
+    lines.append(", ".join(f"{n} {s}" for s, n in counts.items() if n or s in ("done", "skipped", "failed")))
     return "\n".join(lines)
 
 
@@ -364,8 +454,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     gpus = [g.strip() for g in options.gpus.split(",") if g.strip()]
 
     for point in points:
-        if (point.run_dir / RESULTS_FILE).is_file():
+        if has_complete_results(point.run_dir):
             point.status = "skipped"
+        else:
+            point.resume = is_resumable(point.run_dir)
     if options.dry_run:
         if gpus:
             print(f"# one run at a time on each of CUDA_VISIBLE_DEVICES={', '.join(gpus)}")
@@ -373,8 +465,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             mark = "# done, skipped: " if point.status == "skipped" else ""
             print(f"{mark}{' '.join(map(_quote, point.argv))}")
         return 0
-    run_points(points, gpus)
+    _STOP.signal_name = None
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for name in ("SIGINT", "SIGTERM", "SIGUSR1"):
+            if hasattr(signal, name):
+                previous[name] = signal.signal(getattr(signal, name), _STOP.handle)
+    try:
+        run_points(points, gpus)
+    finally:
+        for name, handler in previous.items():
+            signal.signal(getattr(signal, name), handler)
     print(_summary(points))
+    if _STOP.signal_name is not None or any(p.status == "cut" for p in points):
+        print(
+            f"vpnext sweep: interrupted{' by ' + _STOP.signal_name if _STOP.signal_name else ''}; "
+            "run the same command again to continue (finished runs are skipped, cut ones resume)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return PREEMPTED_EXIT_CODE
     return 1 if any(p.status == "failed" for p in points) else 0
 
 
