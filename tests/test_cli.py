@@ -68,8 +68,12 @@ def test_fit_writes_checkpoints_results_and_logs(fit_run: Path) -> None:
     assert results["evaluated_at_step"] == 2
     assert results["checkpoint"]["last"] == str(fit_run / "checkpoints" / "last.ckpt")
     assert results["best_mIoU"] is not None
-    state = torch.load(results["checkpoint"]["last"], map_location="cpu", weights_only=True)["state_dict"]
+    checkpoint = torch.load(results["checkpoint"]["last"], map_location="cpu", weights_only=True)
+    state = checkpoint["state_dict"]
     assert results["num_params"] == sum(v.numel() for k, v in state.items() if k.startswith("model."))
+    # The data module was told the backbone (linked from model.backbone) and normalised for it.
+    data_hparams = checkpoint["datamodule_hyper_parameters"]
+    assert data_hparams["backbone"] == "vit_tiny_patch16_224" and data_hparams["mean"] is None
 
     with open(fit_run / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))

@@ -7,10 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from jsonargparse import ArgumentParser
 
 from vpnext.data import DatasetError, SegDataModule
+from vpnext.data.base import read_image
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "experiments" / "data").glob("*.yaml"))
@@ -89,3 +91,40 @@ def test_missing_root_fails_in_setup_with_its_name(tmp_path: Path) -> None:
     dm = SegDataModule("ade20k", root=str(tmp_path / "ADEChallengeData2016"), num_workers=0)
     with pytest.raises(DatasetError, match="ADEChallengeData2016"):
         dm.setup("fit")
+
+
+@pytest.mark.parametrize(
+    ("backbone", "mean", "std"),
+    [
+        ("vit_tiny_patch16_224", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # AugReg weights
+        ("vit_large_patch16_384", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+        ("deit_tiny_patch16_224", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # ImageNet
+        (None, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # no backbone: ImageNet
+    ],
+)
+def test_normalisation_follows_the_backbone(
+    backbone: str | None, mean: tuple, std: tuple, tmp_path: Path
+) -> None:
+    """mean/std come from the backbone's timm pretrained config, for training and evaluation."""
+    dm = SegDataModule(
+        dataset="synthetic",
+        root=str(tmp_path),
+        backbone=backbone,
+        crop_size=32,
+        num_workers=0,
+        synthetic_kwargs={"num_train": 2, "num_val": 1, "image_size": 32},
+    )
+    assert dm.mean == pytest.approx(mean) and dm.std == pytest.approx(std)
+    dm.prepare_data()
+    dm.setup("fit")
+    item = dm.val_set[0]  # the evaluation pipeline (synthetic data: no test resize)
+    raw = torch.from_numpy(read_image(Path(item["meta"]["image_path"])).copy()).permute(2, 0, 1).float() / 255
+    expected = (raw - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    torch.testing.assert_close(item["image"], expected, atol=1e-5, rtol=0)
+
+
+def test_explicit_normalisation_overrides_the_backbone() -> None:
+    dm = SegDataModule(
+        dataset="synthetic", backbone="vit_tiny_patch16_224", mean=(0.1, 0.2, 0.3), std=(1, 1, 1)
+    )
+    assert dm.mean == pytest.approx((0.1, 0.2, 0.3)) and dm.std == pytest.approx((1.0, 1.0, 1.0))

@@ -9,6 +9,7 @@ and scores against the original label. Batches of different sizes are padded by
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import signal
@@ -28,6 +29,7 @@ from vpnext.data.errors import DatasetError
 from vpnext.data.resume import EpochSeededDataset, ResumableSampler
 from vpnext.data.sampling import EvalDistributedSampler
 from vpnext.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_eval_transform, build_train_transform
+from vpnext.models.backbone import backbone_normalization
 
 
 def _rank() -> int:
@@ -97,8 +99,13 @@ class SegDataModule(L.LightningDataModule):
         slide_stride: Sliding-window stride; ``None`` uses the dataset default.
         keep_original_label: Val/test labels at the original resolution (not resized with the
             image); turn off only if the evaluation expects labels at the resized image size.
-        mean: Normalisation mean, fractions of 255 (ImageNet by default).
-        std: Normalisation std, fractions of 255 (ImageNet by default).
+        mean: Normalisation mean, fractions of 255; ``None``: what ``backbone``'s weights expect.
+        std: Normalisation std, fractions of 255; ``None``: what ``backbone``'s weights expect.
+        backbone: The timm backbone the data feeds (``vpnext fit`` links it from
+            ``model.backbone``): ``mean``/``std`` left at ``None`` come from its pretrained config
+            (:func:`vpnext.models.backbone.backbone_normalization`: 0.5/0.5 for AugReg ViTs, ImageNet's
+            for DeiT/DINOv2), for training, evaluation and prediction alike. Without a backbone,
+            ImageNet's mean/std.
         batch_size: Training batch size (per device).
         val_batch_size: Val/test/predict batch size; >1 pads samples to a common size.
         num_workers: DataLoader worker processes.
@@ -129,8 +136,9 @@ class SegDataModule(L.LightningDataModule):
         slide_crop: int | tuple[int, int] | None = None,
         slide_stride: int | tuple[int, int] | None = None,
         keep_original_label: bool = True,
-        mean: tuple[float, float, float] = IMAGENET_MEAN,
-        std: tuple[float, float, float] = IMAGENET_STD,
+        mean: tuple[float, float, float] | None = None,
+        std: tuple[float, float, float] | None = None,
+        backbone: str | None = None,
         batch_size: int = 8,
         val_batch_size: int = 1,
         num_workers: int = 4,
@@ -168,6 +176,26 @@ class SegDataModule(L.LightningDataModule):
         self._train_sampler: ResumableSampler | None = None
 
     # ---- what the model and the evaluation need to know -------------------------------------
+    @property
+    def mean(self) -> tuple[float, float, float]:
+        """The normalisation mean in use (given, else the backbone's, else ImageNet's)."""
+        return self._normalization[0]
+
+    @property
+    def std(self) -> tuple[float, float, float]:
+        """The normalisation std in use (given, else the backbone's, else ImageNet's)."""
+        return self._normalization[1]
+
+    @functools.cached_property
+    def _normalization(self) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+        hp = self.hparams
+        default = (IMAGENET_MEAN, IMAGENET_STD)
+        if hp.backbone is not None and (hp.mean is None or hp.std is None):
+            default = backbone_normalization(hp.backbone)  # type: ignore[assignment]
+        mean = default[0] if hp.mean is None else hp.mean
+        std = default[1] if hp.std is None else hp.std
+        return tuple(float(v) for v in mean), tuple(float(v) for v in std)  # type: ignore[return-value]
+
     @property
     def num_classes(self) -> int:
         """Number of evaluated classes."""
@@ -235,13 +263,13 @@ class SegDataModule(L.LightningDataModule):
                 ratio_range=tuple(hp.ratio_range),
                 cat_max_ratio=hp.cat_max_ratio,
                 photometric=hp.photometric,
-                mean=tuple(hp.mean),
-                std=tuple(hp.std),
+                mean=self.mean,
+                std=self.std,
                 # Follows seed_everything for num_workers=0; workers reseed in seed_worker.
                 seed=int(torch.randint(0, 2**31 - 1, ()).item()) + _rank(),
             )
         else:
-            transform = build_eval_transform(self._test_scale, mean=tuple(hp.mean), std=tuple(hp.std))  # type: ignore[arg-type]
+            transform = build_eval_transform(self._test_scale, mean=self.mean, std=self.std)  # type: ignore[arg-type]
         cls = DATASET_CLASSES[self.dataset_name]
         return cls(  # type: ignore[call-arg]
             self._ensure_root(),
@@ -267,7 +295,7 @@ class SegDataModule(L.LightningDataModule):
             self.test_set = self._make(hp.test_split or self.spec.test_split, train=False)
         if stage in ("predict", None) and self.predict_set is None:
             if hp.predict_dir is not None:
-                transform = build_eval_transform(self._test_scale, mean=tuple(hp.mean), std=tuple(hp.std))  # type: ignore[arg-type]
+                transform = build_eval_transform(self._test_scale, mean=self.mean, std=self.std)  # type: ignore[arg-type]
                 self.predict_set = ImageFolderDataset(hp.predict_dir, self.spec, transform)
             else:
                 self.predict_set = self._make(hp.val_split or self.spec.val_split, train=False)

@@ -22,6 +22,8 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import timm
+from timm.data import resolve_data_config
+from timm.models import get_pretrained_cfg
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
@@ -79,6 +81,22 @@ def create_vit(
     if not isinstance(proj, nn.Conv2d) or proj.kernel_size != proj.stride:
         raise ValueError(f"'{name}' has no non-overlapping conv patch embedding")
     return model
+
+
+def backbone_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Input ``(mean, std)`` (fractions of 1) that backbone ``name``'s weights were trained with.
+
+    Read from the timm model's pretrained config, resolved by timm (``resolve_data_config``), for
+    the name as given: ``vit_large_patch16_384`` (AugReg) gives 0.5/0.5, DeiT and DINOv2 give
+    ImageNet's 0.485.../0.229...; an explicit tag (``vit_base_patch16_224.mae``) selects that
+    weight set's. A random-init backbone uses its architecture's default config the same way, and
+    a model with no pretrained config timm's ImageNet default.
+    """
+    if not timm.is_model(name):
+        raise ValueError(f"unknown timm model '{name}' (see timm.list_models('vit_*'))")
+    cfg = get_pretrained_cfg(name)
+    config = resolve_data_config({}, pretrained_cfg=cfg.to_dict() if cfg is not None else {})
+    return tuple(float(v) for v in config["mean"]), tuple(float(v) for v in config["std"])
 
 
 def _create(name: str, **kwargs) -> VisionTransformer:
