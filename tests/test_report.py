@@ -126,27 +126,31 @@ def test_best_metric_and_unevaluated_runs(runs: Path) -> None:
 
 
 def test_table3_from_flops_json(runs: Path) -> None:
+    """One GMACs column per decoder configuration (paper-width first), beside the paper."""
     flops = runs / "flops"
     flops.mkdir()
     entries = {
-        "ds": (model(aux="deep_supervision"), 356e9),
-        "mask": (model(aux="none", head="mask_transformer"), 359e9),
-        "mask_pyr": (model(aux="none", head="mask_transformer", upsampler="mock_pyramid"), 2100e9),
-        "vcr": (model(), 356e9),
-        "vpnext": (model(upsampler="hiclr", hiclr_depth=3), 1007e9),
+        "ds": (model(aux="deep_supervision"), 345e9),
+        "mask": (model(aux="none", head="mask_transformer"), 343e9),
+        "mask_pyr": (model(aux="none", head="mask_transformer", upsampler="mock_pyramid"), 547e9),
+        "vcr": (model(), 345e9),
+        "vpnext": (model(upsampler="hiclr", hiclr_depth=3), 1054e9),
     }
-    for name, (switches, macs) in entries.items():
-        switches["backbone"] = "vit_large_patch16_384"
-        record = {"switches": switches, "macs": macs, "gmacs": macs / 1e9, "image_size": [480, 480]}
-        (flops / f"{name}.json").write_text(json.dumps(record))
+    for decoder, scale in [("paper", 1.0), ("efficient", 0.5)]:
+        for name, (switches, macs) in entries.items():
+            switches = {**switches, "backbone": "vit_large_patch16_384", "decoder": decoder}
+            record = {"switches": switches, "macs": macs * scale, "image_size": [480, 480]}
+            (flops / f"{decoder}_{name}.json").write_text(json.dumps(record))
     markdown, _ = report.render_report(runs)
-    assert section(markdown, "Table III")[2] == "| Methods | Pyramid upsampler | GMACs | paper |"
+    assert section(markdown, "Table III")[2] == (
+        "| Methods | Pyramid upsampler | paper, GMACs | efficient, GMACs | paper |"
+    )
     assert table_rows(markdown, "Table III") == [
-        "| Deep supervision | - | 356.00 | 356.69 |",
-        "| Mask decoder | - | 359.00 | 359.99 |",
-        "|  | √ | 2100.00 | > 2000 |",
-        "| Our VPNeXt | - | 356.00 | 356.69 |",
-        "|  | √ | 1007.00 | 1007.62 |",
+        "| Deep supervision | - | 345.00 | 172.50 | 356.69 |",
+        "| Mask decoder | - | 343.00 | 171.50 | 359.99 |",
+        "|  | √ | 547.00 | 273.50 | > 2000 |",
+        "| Our VPNeXt | - | 345.00 | 172.50 | 356.69 |",
+        "|  | √ | 1054.00 | 527.00 | 1007.62 |",
     ]
     assert "vit_large_patch16_384 at 480x480" in markdown
 

@@ -80,6 +80,21 @@ def test_vcr_layers_grid_is_table1() -> None:
     ]
 
 
+def test_table1_rows_share_aux_weight_and_segmenter_width_with_make_flops() -> None:
+    """No Table I confound: one total auxiliary weight for every row, stated in the sweep file, and
+    the mask decoder trained at the width `make flops` counts (neither the sweep nor its base
+    config sets a Segmenter width, so both take Segmenter's published one)."""
+    sweep = runner.load_sweep(VCR_LAYERS)
+    for point in runner.grid_points(sweep):
+        switches = expected_switches(point)
+        assert switches["aux_weighting"] == "total" and switches["aux_weight"] == 0.4
+    base = yaml.safe_load((REPO_ROOT / "experiments/vcr_layers.yaml").read_text())["model"]
+    assert base["decoder"] == "paper"
+    for config in ("experiments/vcr_layers.yaml", "experiments/vitup.yaml", "Makefile"):
+        assert "segmenter_dim" not in (REPO_ROOT / config).read_text(), config
+    assert runner.grid_points(runner.load_sweep(VITUP))[0]["model.aux_weighting"] == "total"
+
+
 # ---- what `wandb agent` would run ---------------------------------------------------------------
 def test_agent_command_matches_wandb_rendering() -> None:
     sweep = {

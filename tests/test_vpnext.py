@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tests.conftest import TINY
 from vpnext.models import VPNeXt, VPNeXtOutput, resolve_aux_layers
@@ -112,16 +113,118 @@ def test_hiclr_runs_exactly_depth_iterations(depth: int) -> None:
     assert len(calls) == depth
 
 
-def test_hiclr_depth_zero_is_the_bilinear_path() -> None:
-    torch.manual_seed(1)
-    zero = build(upsampler="hiclr", hiclr_depth=0).eval()
-    torch.manual_seed(1)
-    bilinear = build(upsampler="bilinear").eval()
-    assert zero.state_dict().keys() == bilinear.state_dict().keys()
-    bilinear.load_state_dict(zero.state_dict())
-    images = torch.randn(1, 3, 48, 48)
+def test_hiclr_depth_zero_classifies_at_one_sixteenth_and_upsamples_the_logits() -> None:
+    """Depth 0 is the bilinear row: classifier on ``y_z`` at 1/16, logits resized x16 — computed here
+    step by step from the parts, not by comparing two models built by the same code."""
+    model = build(upsampler="hiclr", hiclr_depth=0, aux="none").eval()
+    assert model.pyramid_embed is None
+    images = torch.randn(2, 3, 48, 64)
     with torch.no_grad():
-        assert torch.equal(zero(images), bilinear(images))
+        _, x_z = model.backbone(model.backbone.patch_proj(images))
+        y_z, _ = model.head(x_z)
+        reference = F.interpolate(model.head.classifier(y_z), (48, 64), mode="bilinear", align_corners=False)
+        torch.testing.assert_close(model(images), reference, atol=0, rtol=0)
+        assert y_z.shape[-2:] == (3, 4)
+    one = build(upsampler="hiclr", hiclr_depth=1, aux="none").eval()
+    one.load_state_dict(model.state_dict(), strict=False)
+    with torch.no_grad():
+        assert not torch.allclose(one(images), reference, atol=1e-4)  # depth 1 really is another path
+
+
+@pytest.mark.parametrize("decoder", ["efficient", "paper"])
+@pytest.mark.parametrize("upsampler", UPSAMPLERS)
+def test_classifier_reads_the_decoder_width_in_every_table2_row(
+    decoder: str, upsampler: tuple[str, int]
+) -> None:
+    """Table II rows differ only in the upsampler: the classifier always reads D channels, even
+    when the pyramid is narrower than the class count."""
+    classes = 40  # more classes than pyramid channels
+    model = VPNeXt(
+        classes,
+        backbone="vit_tiny_patch16_224",
+        img_size=64,
+        decoder=decoder,
+        pyramid_dim=16,
+        upsampler=upsampler[0],
+        hiclr_depth=upsampler[1],
+        aux="vcr",
+    )
+    width = model.widths.decoder_dim
+    assert width == (256 if decoder == "efficient" else 192)
+    classifier = model.head.classifier[-1]
+    assert classifier.in_channels == width >= classes
+    assert [c[-1].in_channels for c in model.aux.classifiers] == [width, width]
+    with torch.no_grad():
+        assert model.eval()(torch.randn(1, 3, 32, 32)).shape == (1, classes, 32, 32)
+
+
+@pytest.mark.parametrize(
+    ("backbone", "width", "heads"), [("vit_tiny_patch16_224", 192, 3), ("vit_small_patch16_224", 384, 6)]
+)
+def test_mask_transformer_defaults_to_segmenters_published_width(
+    backbone: str, width: int, heads: int
+) -> None:
+    """Segmenter's mask transformer runs at the ViT's width with width/64 heads, whatever the
+    context-head width (``decoder_dim``) is; explicit values override."""
+    model = VPNeXt(K, backbone=backbone, img_size=32, head="mask_transformer", aux="none", decoder_dim=32)
+    assert model.head.proj_in.out_features == width
+    assert model.head.blocks[0].attn.num_heads == heads
+    custom = VPNeXt(K, backbone=backbone, img_size=32, head="mask_transformer", aux="none", segmenter_dim=128)
+    assert custom.head.proj_in.out_features == 128 and custom.head.blocks[0].attn.num_heads == 2
+
+
+def _perturbed(model: VPNeXt, images: torch.Tensor):
+    """Backbone features, x_z and the head's context of a train-mode forward, with the offsets off zero."""
+    with torch.no_grad():
+        model.head.offset_conv.weight.normal_(std=0.05)
+        model.head.offset_conv.bias.normal_(std=0.5)
+        features, x_z = model.backbone(model.backbone.patch_proj(images), model.aux_layers)
+        _, context = model.head(x_z)
+    return features, x_z, context
+
+
+def _replace(context, **changes):
+    return type(context)(**{**vars(context), **changes})
+
+
+def test_vcr_aux_logits_follow_the_replayed_offsets_and_affinity() -> None:
+    """Eqs. (2)-(3): change only sigma_z, or only Lambda_z's query or key, and the auxiliary logits
+    change; the same context gives the same logits."""
+    model = build(aux="vcr", aux_layers=[3, 7]).eval()
+    images = torch.randn(2, 3, 48, 64)
+    features, x_z, context = _perturbed(model, images)
+    size = (48, 64)
+
+    def aux_logits(ctx):
+        with torch.no_grad():
+            logits, _ = model.aux(features, x_z, ctx, size)
+        return torch.stack(logits)
+
+    base = aux_logits(context)
+    assert torch.equal(base, aux_logits(_replace(context)))
+    changed = {
+        "offsets": context.offsets + 0.7 * torch.randn_like(context.offsets),
+        "query": context.query + torch.randn_like(context.query),
+        "key": context.key + torch.randn_like(context.key),
+    }
+    for name, value in changed.items():
+        assert not torch.allclose(aux_logits(_replace(context, **{name: value})), base, atol=1e-5), name
+
+
+def test_deep_supervision_aux_logits_do_not_depend_on_the_head() -> None:
+    """Deep supervision computes its own context per layer: the main head's offsets, affinity and
+    weights change nothing. VCR, with the same change to the head, does change."""
+    images = torch.randn(2, 3, 48, 64)
+    for aux, depends in [("deep_supervision", False), ("vcr", True)]:
+        model = build(aux=aux, aux_layers=[3, 7]).eval()
+        features, x_z, context = _perturbed(model, images)
+        with torch.no_grad():
+            before = torch.stack(model.aux(features, x_z, context, (48, 64))[0])
+            for p in model.head.parameters():
+                p.add_(0.5 * torch.randn_like(p))
+            _, new_context = model.head(x_z)
+            after = torch.stack(model.aux(features, x_z, new_context, (48, 64))[0])
+        assert torch.equal(before, after) is not depends, aux
 
 
 def _aux_gradients(replay_stop_grad: bool) -> dict[str, torch.Tensor | None]:

@@ -3,6 +3,20 @@
 All per-pixel losses take logits (B, K, H, W) at label resolution and integer labels (B, H, W) in
 which ``ignore_index`` (255) marks pixels that contribute nothing: neither to the value nor to the
 normalisation, and a batch where every pixel is ignored yields an exact, differentiable zero.
+
+Three per-pixel losses, by name (``SegmentationLoss(loss=...)``):
+
+* ``mask`` — the paper's "mask loss that combines focal and dice losses, similar to existing works
+  that use ViT mask decoders" (Sec. V), in those works' form (MaskFormer, SegViT): the binary mask
+  of every class *present* in an image gets a sigmoid focal loss (mean over the image's valid
+  pixels) and a dice loss; both are summed over the present masks of the batch and divided by
+  their number. Absent classes get no dice (it would dominate: most of the K masks of an image are
+  empty) but a class-presence term, the counterpart of the cited works' class CE: a binary
+  cross-entropy on each class's image-level score, its largest logit over the image, against
+  "is this class in the image". So predicting an absent class anywhere is punished.
+* ``mask_all`` — focal + dice over all K class masks of every image (our earlier form, kept for
+  comparison): dice is averaged over K, so the empty masks of absent classes weigh most.
+* ``ce`` — cross-entropy.
 """
 
 from __future__ import annotations
@@ -17,7 +31,7 @@ from torchvision.ops import sigmoid_focal_loss
 
 from vpnext.models.outputs import VPNeXtOutput
 
-__all__ = ["SegmentationLoss", "ce_loss", "mask_loss", "naive_align_loss"]
+__all__ = ["SegmentationLoss", "ce_loss", "mask_all_loss", "mask_loss", "naive_align_loss"]
 
 #: Mask-loss weights of MaskFormer (Cheng et al., 2021), the mask-decoder recipe that pairs sigmoid
 #: focal with dice, as the paper does (Sec. V). The focal term is a mean over K·N pixel-class terms
@@ -25,6 +39,8 @@ __all__ = ["SegmentationLoss", "ce_loss", "mask_loss", "naive_align_loss"]
 #: dice; the weights bring both to a similar scale.
 FOCAL_WEIGHT = 20.0
 DICE_WEIGHT = 1.0
+#: Weight of the class-presence term of ``mask``: MaskFormer's classification weight (1).
+PRESENCE_WEIGHT = 1.0
 #: Added to numerator and denominator of dice: keeps it defined (= 0) for an image where a class
 #: is absent and predicted absent, and softens the gradient for classes with a handful of pixels.
 DICE_SMOOTH = 1.0
@@ -43,7 +59,7 @@ def _zero(logits: Tensor) -> Tensor:
     return logits.sum() * 0.0
 
 
-def mask_loss(
+def mask_all_loss(
     logits: Tensor,
     target: Tensor,
     ignore_index: int = 255,
@@ -52,7 +68,10 @@ def mask_loss(
     alpha: float = 0.25,
     gamma: float = 2.0,
 ) -> Tensor:
-    """Mask loss on one-hot class masks: ``focal_weight * focal + dice_weight * dice``.
+    """Focal + dice over all K class masks of every image (``loss='mask_all'``).
+
+    Unlike :func:`mask_loss`, absent classes count in dice like present ones, so for K much larger
+    than the classes an image holds the dice term is mostly "predict these empty masks empty".
 
     Each class k defines a binary mask ``t_k = (target == k)`` predicted by ``p_k = sigmoid(logits_k)``.
 
@@ -100,6 +119,70 @@ def mask_loss(
     return focal_weight * focal + dice_weight * dice
 
 
+def mask_loss(
+    logits: Tensor,
+    target: Tensor,
+    ignore_index: int = 255,
+    focal_weight: float = FOCAL_WEIGHT,
+    dice_weight: float = DICE_WEIGHT,
+    presence_weight: float = PRESENCE_WEIGHT,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+) -> Tensor:
+    """The cited works' mask loss: focal + dice over present masks, plus a class-presence term.
+
+    For image b with valid pixels V_b and present classes P_b (labels occurring in V_b), class k's
+    mask ``t = (target == k)`` is predicted by ``p = sigmoid(logits_k)``:
+
+    - ``focal_bk = mean over V_b of sigmoid_focal(logits_k, t)`` (torchvision, alpha, gamma);
+    - ``dice_bk = 1 - (2 sum(p t) + 1) / (sum(p) + sum(t) + 1)``, sums over V_b;
+    - ``mask = sum over b, k in P_b of (focal_weight * focal_bk + dice_weight * dice_bk) / M``,
+      M = sum_b |P_b| the number of present masks in the batch (MaskFormer's ``num_masks``);
+    - ``presence = mean over b (with a valid pixel) and all k of BCE(max over V_b of logits_k,
+      [k in P_b])``.
+
+    Returns ``mask + presence_weight * presence``; exactly 0 if every pixel is ignored.
+
+    Args:
+        logits: (B, K, H, W) per-class logits.
+        target: (B, H, W) integer labels in ``0..K-1`` or ``ignore_index``.
+        ignore_index: Label of pixels to leave out.
+        focal_weight: Weight of the focal term (default 20, MaskFormer).
+        dice_weight: Weight of the dice term (default 1, MaskFormer).
+        presence_weight: Weight of the class-presence term (default 1, MaskFormer's class weight).
+        alpha: Focal weight of positives (negatives get ``1 - alpha``).
+        gamma: Focal exponent.
+    """
+    _check_shapes(logits, target)
+    valid = target != ignore_index
+    if not bool(valid.any()):
+        return _zero(logits)
+    num_classes = logits.shape[1]
+    logits32 = logits.float()
+    weight = valid.unsqueeze(1).float()  # (B, 1, H, W)
+    masks = F.one_hot(target.masked_fill(~valid, 0).long(), num_classes).permute(0, 3, 1, 2) * weight
+    present = masks.flatten(2).sum(2) > 0  # (B, K)
+    has_valid = valid.flatten(1).any(1)  # (B,)
+    num_valid = weight.flatten(1).sum(1).clamp(min=1)  # (B,)
+
+    focal = sigmoid_focal_loss(logits32, masks, alpha=alpha, gamma=gamma, reduction="none")
+    focal = (focal * weight).flatten(2).sum(2) / num_valid[:, None]  # (B, K) mean over valid pixels
+    probs = logits32.sigmoid() * weight
+    inter = (probs * masks).flatten(2).sum(2)
+    dice = 1.0 - (2.0 * inter + DICE_SMOOTH) / (
+        probs.flatten(2).sum(2) + masks.flatten(2).sum(2) + DICE_SMOOTH
+    )
+    per_mask = focal_weight * focal + dice_weight * dice
+    mask_term = per_mask[present].sum() / present.sum()
+
+    # Image-level score of each class: its largest logit over the image's valid pixels.
+    scores = logits32.masked_fill(~valid.unsqueeze(1), float("-inf")).flatten(2).amax(2)  # (B, K)
+    presence = F.binary_cross_entropy_with_logits(
+        scores[has_valid], present[has_valid].float(), reduction="mean"
+    )
+    return mask_term + presence_weight * presence
+
+
 def ce_loss(logits: Tensor, target: Tensor, ignore_index: int = 255) -> Tensor:
     """Pixel-wise cross-entropy averaged over valid pixels; exactly 0 if every pixel is ignored.
 
@@ -125,43 +208,71 @@ def naive_align_loss(pairs: list[tuple[Tensor, Tensor]]) -> Tensor:
     return torch.stack([F.mse_loss(x.float(), z.detach().float()) for x, z in pairs]).sum()
 
 
+PixelLoss = Literal["mask", "mask_all", "ce"]
+AuxWeighting = Literal["total", "per_layer"]
+
+
 class SegmentationLoss(nn.Module):
     """Total training loss of a VPNeXt forward pass (DESIGN.md, Secs. 1.4 and 1.7).
 
-    ``loss = main + aux_weight * sum_i aux_i + align_weight * align``, where ``main`` and every
-    ``aux_i`` use the same per-pixel loss (``deep_supervision`` / ``vcr`` logits) and ``align`` is
-    :func:`naive_align_loss` (``naive_align`` feature pairs).
+    ``loss = main + sum_i w_i * aux_i + align_weight * align``, where ``main`` and every ``aux_i``
+    use the same per-pixel loss (``deep_supervision`` / ``vcr`` logits) and ``align`` is
+    :func:`naive_align_loss` (``naive_align`` feature pairs). The auxiliary weight ``w_i`` is
+    ``aux_weight / n`` for each of the n auxiliary maps with ``aux_weighting='total'`` (the total
+    auxiliary weight is the same whatever the number of layers: Table I's 1-, 2- and 3-layer rows
+    then differ only in where the supervision goes) or ``aux_weight`` each with ``'per_layer'``
+    (mmseg's convention for one auxiliary head; the total grows with the layer count).
 
     Args:
-        loss: ``"mask"`` (focal + dice, the paper's choice) or ``"ce"`` (cross-entropy).
-        aux_weight: Weight of each auxiliary logit map's loss (0.4, as for the usual aux heads).
+        loss: ``"mask"`` (focal + dice over present masks + class presence, the paper's),
+            ``"mask_all"`` (focal + dice over all K masks) or ``"ce"`` (cross-entropy).
+        aux_weight: Total (or per-layer) weight of the auxiliary logit maps' losses.
+        aux_weighting: ``"total"`` or ``"per_layer"``, see above.
         align_weight: Weight of the naive-align MSE.
-        focal_weight: Focal weight of the mask loss (ignored for ``"ce"``).
-        dice_weight: Dice weight of the mask loss (ignored for ``"ce"``).
+        focal_weight: Focal weight of the mask losses (ignored for ``"ce"``).
+        dice_weight: Dice weight of the mask losses (ignored for ``"ce"``).
+        presence_weight: Class-presence weight of ``"mask"``.
         ignore_index: Label of pixels to leave out.
     """
 
     def __init__(
         self,
-        loss: Literal["mask", "ce"] = "mask",
+        loss: PixelLoss = "mask",
         aux_weight: float = 0.4,
+        aux_weighting: AuxWeighting = "total",
         align_weight: float = 1.0,
         focal_weight: float = FOCAL_WEIGHT,
         dice_weight: float = DICE_WEIGHT,
+        presence_weight: float = PRESENCE_WEIGHT,
         ignore_index: int = 255,
     ) -> None:
         super().__init__()
         if loss == "mask":
             self.pixel_loss = partial(
-                mask_loss, ignore_index=ignore_index, focal_weight=focal_weight, dice_weight=dice_weight
+                mask_loss,
+                ignore_index=ignore_index,
+                focal_weight=focal_weight,
+                dice_weight=dice_weight,
+                presence_weight=presence_weight,
+            )
+        elif loss == "mask_all":
+            self.pixel_loss = partial(
+                mask_all_loss, ignore_index=ignore_index, focal_weight=focal_weight, dice_weight=dice_weight
             )
         elif loss == "ce":
             self.pixel_loss = partial(ce_loss, ignore_index=ignore_index)
         else:
-            raise ValueError(f"loss must be 'mask' or 'ce', got {loss!r}")
+            raise ValueError(f"loss must be 'mask', 'mask_all' or 'ce', got {loss!r}")
+        if aux_weighting not in ("total", "per_layer"):
+            raise ValueError(f"aux_weighting must be 'total' or 'per_layer', got {aux_weighting!r}")
         self.loss = loss
         self.aux_weight = aux_weight
+        self.aux_weighting = aux_weighting
         self.align_weight = align_weight
+
+    def aux_layer_weight(self, num_aux: int) -> float:
+        """The weight of each of ``num_aux`` auxiliary logit maps."""
+        return self.aux_weight / num_aux if self.aux_weighting == "total" else self.aux_weight
 
     def forward(self, output: VPNeXtOutput | Tensor, target: Tensor) -> dict[str, Tensor]:
         """Compute every term.
@@ -178,9 +289,11 @@ class SegmentationLoss(nn.Module):
             output = VPNeXtOutput(logits=output)
         terms = {"main": self.pixel_loss(output.logits, target)}
         total = terms["main"]
-        for i, aux in enumerate(output.aux_logits):
-            terms[f"aux_{i}"] = self.pixel_loss(aux, target)
-            total = total + self.aux_weight * terms[f"aux_{i}"]
+        if output.aux_logits:
+            weight = self.aux_layer_weight(len(output.aux_logits))
+            for i, aux in enumerate(output.aux_logits):
+                terms[f"aux_{i}"] = self.pixel_loss(aux, target)
+                total = total + weight * terms[f"aux_{i}"]
         if output.align_pairs:
             terms["align"] = naive_align_loss(output.align_pairs)
             total = total + self.align_weight * terms["align"]

@@ -9,6 +9,10 @@ feature) to the map the classifier runs on; the model then resizes the logits to
       features: two stride-2 transposed convs give 1/8 and 1/4 maps, fused top-down (FPN style,
       3x3 smoothing convs); the classifier runs at 1/4. "Mock pyramid, 2" in Table II.
     * :class:`~vpnext.models.vitup.HiCLR`: the real pyramid from ViTUp.
+
+Every upsampler outputs the decoder width D (``out_dim == in_dim``), so the classifier reads the
+same number of channels in every Table II row, whatever the pyramid width: the rows differ in
+the upsampler only, not in classifier capacity.
 """
 
 from __future__ import annotations
@@ -35,20 +39,20 @@ class MockPyramid(nn.Module):
     """Mock pyramid from resized high-level features (two extra levels, 1/8 and 1/4).
 
     Args:
-        in_dim: Width D of the head's 1/16 features.
-        dim: Width of the pyramid levels.
+        in_dim: Width D of the head's 1/16 features (and of the output).
+        dim: Width of the pyramid levels; the last 3x3 smoothing conv maps the 1/4 level back to D.
     """
 
     needs_pyramid = False
 
     def __init__(self, in_dim: int, dim: int) -> None:
         super().__init__()
-        self.out_dim = dim
+        self.out_dim = in_dim
         self.up8 = nn.Sequential(nn.ConvTranspose2d(in_dim, dim, 2, stride=2), group_norm(dim), nn.GELU())
         self.up4 = nn.Sequential(nn.ConvTranspose2d(dim, dim, 2, stride=2), group_norm(dim), nn.GELU())
         self.lateral16 = ConvNormAct(in_dim, dim, 1)
         self.smooth8 = ConvNormAct(dim, dim, 3)
-        self.smooth4 = ConvNormAct(dim, dim, 3)
+        self.smooth4 = ConvNormAct(dim, in_dim, 3)
 
     def forward(self, y: Tensor, pyramid: Tensor | None = None) -> Tensor:
         f8 = self.up8(y)

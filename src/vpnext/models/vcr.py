@@ -43,6 +43,7 @@ class DeepSupervision(nn.Module):
         num_layers: Number of supervised intermediate layers.
         num_heads: Attention heads of each branch's affinity.
         deform_impl: Deformable-conv implementation.
+        num_convs: 3x3 convs after each branch's context (the main head's count).
     """
 
     def __init__(
@@ -53,10 +54,13 @@ class DeepSupervision(nn.Module):
         num_layers: int,
         num_heads: int = 8,
         deform_impl: str = "auto",
+        num_convs: int = 0,
     ) -> None:
         super().__init__()
         self.branches = nn.ModuleList(
-            ContextHead(in_dim, dim, num_classes, num_heads=num_heads, deform_impl=deform_impl)
+            ContextHead(
+                in_dim, dim, num_classes, num_heads=num_heads, deform_impl=deform_impl, num_convs=num_convs
+            )
             for _ in range(num_layers)
         )
 
@@ -95,6 +99,7 @@ class VisualContextReplay(nn.Module):
         num_heads: Must equal the main head's, since its affinity is replayed per head.
         deform_impl: Deformable-conv implementation.
         replay_stop_grad: Cut the auxiliary loss's gradient into the replayed ``sigma_z``/``Lambda_z``.
+        num_convs: 3x3 convs after each branch's context (the main head's count).
     """
 
     def __init__(
@@ -106,11 +111,12 @@ class VisualContextReplay(nn.Module):
         num_heads: int = 8,
         deform_impl: str = "auto",
         replay_stop_grad: bool = True,
+        num_convs: int = 0,
     ) -> None:
         super().__init__()
         self.replay_stop_grad = replay_stop_grad
         self.branches = nn.ModuleList(
-            ContextAggregation(in_dim, dim, num_heads, deform_impl) for _ in range(num_layers)
+            ContextAggregation(in_dim, dim, num_heads, deform_impl, num_convs) for _ in range(num_layers)
         )
         self.classifiers = nn.ModuleList(_classifier(dim, num_classes) for _ in range(num_layers))
 

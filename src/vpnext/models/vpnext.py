@@ -16,6 +16,7 @@ from vpnext.models.context_head import ContextHead
 from vpnext.models.layers import pad_to_multiple, upsample_to
 from vpnext.models.mask_transformer import MaskTransformerHead
 from vpnext.models.outputs import VPNeXtOutput
+from vpnext.models.presets import DecoderPreset, decoder_widths, segmenter_width
 from vpnext.models.upsamplers import BilinearUpsampler, MockPyramid
 from vpnext.models.vcr import DeepSupervision, NaiveAlign, VisualContextReplay
 from vpnext.models.vitup import HiCLR, HiddenPyramidEmbedding
@@ -57,11 +58,20 @@ class VPNeXt(nn.Module):
             file (``.safetensors``/``.pth``); position embeddings are resampled to ``img_size``.
         img_size: Training crop size the position-embedding grid is built for.
         drop_path_rate: Stochastic depth of the ViT.
-        decoder_dim: Width D of the 1/16 decoder (context head, auxiliary branches, mask head).
-        pyramid_dim: Width of the 1/4 path (mock pyramid levels, ViTUp/HiCLR). Kept small, like
-            DeepLabV3+'s 48-channel low-level projection: the 1/4 path restores local detail and
-            its cost grows 16x faster with resolution than the 1/16 decoder's.
-        num_heads: Attention heads of the context head's affinity (and the mask head's blocks).
+        decoder: Named decoder configuration (:mod:`vpnext.models.presets`): ``efficient``
+            (D 256, 48 channels at 1/4; the default) or ``paper`` (the whole decoder at the ViT's
+            width with the 3x3 convs that reproduce Table III's costs). The five width arguments
+            below default to the preset's value; any one given explicitly overrides it.
+        decoder_dim: Width D of the 1/16 decoder (context head, auxiliary branches) and of the
+            classifier's input in every upsampler row.
+        pyramid_dim: Width of the 1/4 path (mock pyramid levels, ViTUp/HiCLR).
+        num_heads: Attention heads of the context head's affinity.
+        head_convs: 3x3 ConvNormAct layers after the context aggregation (main head and every
+            auxiliary branch alike).
+        fuse_kernel: Kernel (1 or 3) of HiCLR's final fusion of ``[u_T, h]``.
+        segmenter_dim: Width of the mask transformer (``head='mask_transformer'``); ``None`` is
+            Segmenter's published choice, the ViT's own width (1024 for ViT-L).
+        segmenter_heads: Heads of the mask transformer; ``None`` is Segmenter's width / 64.
         aux: Auxiliary supervision of intermediate layers (training only): ``none``,
             ``deep_supervision``, ``naive_align`` (Eq. 1) or ``vcr`` (Visual Context Replay).
         aux_layers: How many intermediate layers (evenly spaced), or their 0-based block indices.
@@ -88,9 +98,14 @@ class VPNeXt(nn.Module):
         pretrained: bool | str | Path = False,
         img_size: int | None = None,
         drop_path_rate: float = 0.0,
-        decoder_dim: int = 256,
-        pyramid_dim: int = 48,
-        num_heads: int = 8,
+        decoder: DecoderPreset = "efficient",
+        decoder_dim: int | None = None,
+        pyramid_dim: int | None = None,
+        num_heads: int | None = None,
+        head_convs: int | None = None,
+        fuse_kernel: int | None = None,
+        segmenter_dim: int | None = None,
+        segmenter_heads: int | None = None,
         aux: AuxMode = "vcr",
         aux_layers: int | list[int] = 2,
         head: HeadMode = "context",
@@ -115,38 +130,70 @@ class VPNeXt(nn.Module):
         self.aux_mode = aux
         self.backbone = ViTBackbone(backbone, pretrained, img_size, drop_path_rate)
         width = self.backbone.embed_dim
+        #: The resolved decoder widths (preset + explicit overrides).
+        self.widths = decoder_widths(
+            decoder,
+            width,
+            decoder_dim=decoder_dim,
+            pyramid_dim=pyramid_dim,
+            num_heads=num_heads,
+            head_convs=head_convs,
+            fuse_kernel=fuse_kernel,
+        )
+        w = self.widths
+        # The mask transformer replaces the context head, at its own (Segmenter's) width.
+        head_dim, mask_heads = (
+            segmenter_width(width, segmenter_dim, segmenter_heads)
+            if head == "mask_transformer"
+            else (w.decoder_dim, w.num_heads)
+        )
 
         if upsampler == "hiclr" and hiclr_depth > 0:
             self.pyramid_embed = HiddenPyramidEmbedding(
-                width, pyramid_dim, self.backbone.patch_size, pyramid_embed
+                width, w.pyramid_dim, self.backbone.patch_size, pyramid_embed
             )
-            self.upsampler: nn.Module = HiCLR(decoder_dim, pyramid_dim, hiclr_depth, deform_impl)
+            self.upsampler: nn.Module = HiCLR(
+                head_dim, w.pyramid_dim, hiclr_depth, deform_impl, w.fuse_kernel
+            )
         else:
             self.pyramid_embed = None
             self.upsampler = (
-                MockPyramid(decoder_dim, pyramid_dim)
+                MockPyramid(head_dim, w.pyramid_dim)
                 if upsampler == "mock_pyramid"
-                else BilinearUpsampler(decoder_dim)
+                else BilinearUpsampler(head_dim)
             )
 
         if head == "context":
             self.head: nn.Module = ContextHead(
-                width, decoder_dim, num_classes, self.upsampler.out_dim, num_heads, deform_impl
+                width,
+                head_dim,
+                num_classes,
+                self.upsampler.out_dim,
+                w.num_heads,
+                deform_impl,
+                num_convs=w.head_convs,
             )
         else:
             self.head = MaskTransformerHead(
-                width, decoder_dim, num_classes, self.upsampler.out_dim, num_heads=num_heads
+                width, head_dim, num_classes, self.upsampler.out_dim, num_heads=mask_heads
             )
 
         self.aux_layers = [] if aux == "none" else resolve_aux_layers(aux_layers, self.backbone.depth)
         n_aux = len(self.aux_layers)
         if aux == "deep_supervision":
             self.aux: nn.Module | None = DeepSupervision(
-                width, decoder_dim, num_classes, n_aux, num_heads, deform_impl
+                width, w.decoder_dim, num_classes, n_aux, w.num_heads, deform_impl, w.head_convs
             )
         elif aux == "vcr":
             self.aux = VisualContextReplay(
-                width, decoder_dim, num_classes, n_aux, num_heads, deform_impl, replay_stop_grad
+                width,
+                w.decoder_dim,
+                num_classes,
+                n_aux,
+                w.num_heads,
+                deform_impl,
+                replay_stop_grad,
+                w.head_convs,
             )
         elif aux == "naive_align":
             self.aux = NaiveAlign()

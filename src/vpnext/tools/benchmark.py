@@ -32,6 +32,7 @@ Usage::
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import os
 import platform
@@ -192,12 +193,7 @@ def _train_fn(
 ) -> Callable[[], None]:
     args = config.module_args
     criterion = SegmentationLoss(
-        args["loss"],
-        args["aux_weight"],
-        args["align_weight"],
-        args["focal_weight"],
-        args["dice_weight"],
-        args["ignore_index"],
+        **{name: args[name] for name in inspect.signature(SegmentationLoss).parameters if name in args}
     )
     optimizer = build_optimizer(
         model, args["lr"], args["weight_decay"], args["layer_decay"], args["decoder_lr_mult"]
@@ -442,8 +438,8 @@ def format_report(result: dict[str, Any]) -> str:
     height, width = result["image_size"]
     lines = [
         f"{cfg['backbone']} {height}x{width}, batch {result['batch_size']}, aux={cfg['aux']} "
-        f"upsampler={cfg['upsampler']} hiclr_depth={cfg['hiclr_depth']} decoder_dim={cfg['decoder_dim']} "
-        f"pyramid_dim={cfg['pyramid_dim']}",
+        f"upsampler={cfg['upsampler']} hiclr_depth={cfg['hiclr_depth']} decoder={cfg['decoder']} "
+        f"decoder_dim={cfg['decoder_dim']} pyramid_dim={cfg['pyramid_dim']} (None: the preset's)",
         f"{env['device']} ({env['device_name']}), {env['threads']} threads, torch {env['torch']}, "
         f"bf16={env['bf16']} compile={env['compile']}, load {env['load_average_start'][0]:.2f}"
         f"->{env['load_average_end'][0]:.2f}, {result['repeats']} repeats after {result['warmup']} warm-up",

@@ -23,6 +23,7 @@ is what a counter that forgets ``model.eval()`` reports.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -58,7 +59,8 @@ def measure_macs(
         backbone) and ``inference_params_m`` (parameters without the training-only ``aux``).
     """
     model.train(train_forward)
-    images = torch.randn(batch_size, 3, *image_size)
+    device = next(model.parameters()).device
+    images = torch.randn(batch_size, 3, *image_size, device=device)
     report = count_macs(model, images, groups=GROUPS).to_dict()
     groups = report["groups"]
     report["decoder_gmacs"] = report["gmacs"] - groups["backbone"]["gmacs"]
@@ -69,10 +71,18 @@ def measure_macs(
 def flops_result(
     config: ModelConfig, image_size: tuple[int, int], batch_size: int = 1, train_forward: bool = False
 ) -> dict[str, Any]:
-    """Build the configured model and return the JSON document of ``vpnext flops``."""
-    result = measure_macs(config.build(), image_size, batch_size, train_forward)
+    """Build the configured model and return the JSON document of ``vpnext flops``.
+
+    The model is built and run on PyTorch's ``meta`` device: every op is dispatched with its real
+    shapes (so the count is the same as on a CPU, tested) but nothing is computed or allocated, so
+    a ViT-L VPNeXt at the paper's width is counted in about a second. Weights are not loaded.
+    """
+    with torch.device("meta"):
+        model = config.build(pretrained=False)
+    result = measure_macs(model, image_size, batch_size, train_forward)
     return {
         **result,
+        "widths": dataclasses.asdict(model.widths),
         "mode": "train" if train_forward else "eval",
         "image_size": list(image_size),
         "batch_size": batch_size,
@@ -92,7 +102,7 @@ def format_table(result: dict[str, Any]) -> str:
     lines = [
         f"{result['backbone']}, {height}x{width}, batch {result['batch_size']}, {result['mode']} forward, "
         f"{switches['num_classes']} classes; aux={switches['aux']} head={switches['head']} "
-        f"upsampler={upsampler} decoder_dim={switches['decoder_dim']} pyramid_dim={switches['pyramid_dim']}",
+        f"upsampler={upsampler} decoder={switches['decoder']} ({_widths_text(result['widths'])})",
         f"{'part':<14}{'GMACs':>12}{'params (M)':>13}",
     ]
     for name, group in result["groups"].items():
@@ -103,6 +113,10 @@ def format_table(result: dict[str, Any]) -> str:
     lines.append(f"{'total':<14}{result['gmacs']:>12.3f}{result['params_m']:>13.3f}")
     lines.append(f"{'decoder':<14}{result['decoder_gmacs']:>12.3f}{'':>13}  (total - backbone)")
     return "\n".join(lines)
+
+
+def _widths_text(widths: dict[str, int]) -> str:
+    return " ".join(f"{name}={value}" for name, value in widths.items())
 
 
 def _parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -127,6 +141,82 @@ def write_json(path: Path, result: dict[str, Any]) -> None:
     path.write_text(json.dumps(result, indent=2) + "\n")
 
 
+#: Table III of the paper (ViT-L/16, 480x480, Pascal Context 59), GMACs; None: no comparable figure.
+PAPER_TABLE3: dict[str, float | None] = {
+    "deep_supervision": 356.69,
+    "mask_decoder": 359.99,
+    "mask_decoder_pyramid": None,  # the paper's "> 2000" is Mask2Former-based, not this model
+    "vcr": 356.69,
+    "vpnext": 1007.62,
+}
+#: The switches of each Table III row (on top of the configs given).
+TABLE3_ROWS: dict[str, tuple[str, list[str]]] = {
+    "deep_supervision": (
+        "Deep supervision",
+        ["--model.aux=deep_supervision", "--model.head=context", "--model.upsampler=bilinear"],
+    ),
+    "mask_decoder": (
+        "Mask decoder w/o pyramid (Segmenter)",
+        ["--model.aux=none", "--model.head=mask_transformer", "--model.upsampler=bilinear"],
+    ),
+    "mask_decoder_pyramid": (
+        "Mask decoder + mock pyramid",
+        ["--model.aux=none", "--model.head=mask_transformer", "--model.upsampler=mock_pyramid"],
+    ),
+    "vcr": ("VCR", ["--model.aux=vcr", "--model.head=context", "--model.upsampler=bilinear"]),
+    "vpnext": (
+        "VPNeXt (VCR + ViTUp, HiCLR 3)",
+        ["--model.aux=vcr", "--model.head=context", "--model.upsampler=hiclr", "--model.hiclr_depth=3"],
+    ),
+}
+#: The decoder configurations Table III is counted for.
+TABLE3_DECODERS = ("paper", "efficient")
+
+
+def table3(
+    configs: Sequence[Path], overrides: Sequence[str], image_size: tuple[int, int] | None = None
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """``vpnext flops`` of every Table III row for each decoder: ``{decoder: {row: result}}``."""
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    for decoder in TABLE3_DECODERS:
+        for row, (_, switches) in TABLE3_ROWS.items():
+            config = load_model_config(list(configs), [*overrides, f"--model.decoder={decoder}", *switches])
+            size = image_size or config.image_size
+            results.setdefault(decoder, {})[row] = flops_result(config, size)
+    return results
+
+
+def format_table3(results: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """Markdown: GMACs of each row for each decoder, beside the paper's figure and the difference."""
+    header = ["Method"]
+    for decoder in results:
+        header += [f"{decoder}, GMACs", "vs paper"]
+    header.append("paper")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row, (title, _) in TABLE3_ROWS.items():
+        paper = PAPER_TABLE3[row]
+        cells = [title]
+        for rows in results.values():
+            gmacs = rows[row]["gmacs"]
+            cells += [f"{gmacs:.2f}", "" if paper is None else f"{100 * (gmacs / paper - 1):+.1f}%"]
+        cells.append("> 2000 (Mask2Former-based)" if paper is None else f"{paper:.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    any_rows = next(iter(results.values()))
+    first = next(iter(any_rows.values()))
+    height, width = first["image_size"]
+    lines.append("")
+    lines.append(
+        f"{first['backbone']}, {height}x{width}, {first['switches']['num_classes']} classes, inference MACs; "
+        f"backbone alone {first['groups']['backbone']['gmacs']:.2f}."
+    )
+    for decoder, rows in results.items():
+        ratio = rows["vpnext"]["gmacs"] / rows["deep_supervision"]["gmacs"]
+        lines.append(
+            f"{decoder}: {_widths_text(rows['vpnext']['widths'])}; VPNeXt / deep supervision {ratio:.3f}x"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``vpnext flops``.
 
@@ -142,7 +232,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="count a training-mode forward (auxiliary branches run); not an inference cost",
     )
+    parser.add_argument(
+        "--table3",
+        action="store_true",
+        help="count every Table III row for the paper and the efficient decoder, beside the paper",
+    )
+    parser.add_argument("--json-dir", type=Path, help="with --table3: one JSON file per row and decoder")
     args, overrides = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    if args.table3:
+        try:
+            results = table3(args.config, overrides, tuple(args.image_size) if args.image_size else None)
+        except (ValueError, FileNotFoundError) as err:
+            parser.error(str(err))
+        print(format_table3(results))
+        if args.json_dir:
+            for decoder, rows in results.items():
+                for row, result in rows.items():
+                    write_json(args.json_dir / f"{decoder}_{row}.json", result)
+        return 0
     try:
         config = load_model_config(args.config, overrides)
     except (ValueError, FileNotFoundError) as err:

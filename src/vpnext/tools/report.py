@@ -324,23 +324,38 @@ def _miou_section(title: str, second: str, filled: dict[RowKey, Run | None], not
     return "\n".join(lines)
 
 
+def _decoder_of(switches: dict[str, Any]) -> str:
+    # flops files from before the named decoder configurations had the efficient widths.
+    return str(switches.get("decoder") or "efficient")
+
+
 def _flops_section(records: Sequence[dict[str, Any]]) -> str:
-    rows: dict[RowKey, dict[str, Any] | None] = dict.fromkeys(TABLE3_ROWS)
+    """Table III with one GMACs column per decoder configuration (paper-width first), beside the paper."""
+    decoders = sorted({_decoder_of(r["switches"]) for r in records}, key=lambda d: (d != "paper", d))
+    rows: dict[RowKey, dict[str, dict[str, Any]]] = {key: {} for key in TABLE3_ROWS}
     for record in records:
         key = table3_row(record["switches"])
         if key is not None:
-            rows[key] = record
+            rows[key][_decoder_of(record["switches"])] = record
+    header = ["Methods", "Pyramid upsampler", *(f"{d}, GMACs" for d in decoders or ["GMACs"]), "paper"]
     table = markdown_table(
-        ["Methods", "Pyramid upsampler", "GMACs", "paper"],
+        header,
         [
-            (k[1], k[2], MISSING if r is None else f"{r['macs'] / 1e9:.2f}", PAPER_GFLOPS[k[1:]])
-            for k, r in sorted(rows.items())
+            (
+                k[1],
+                k[2],
+                *(MISSING if d not in found else f"{found[d]['macs'] / 1e9:.2f}" for d in decoders or [""]),
+                PAPER_GFLOPS[k[1:]],
+            )
+            for k, found in sorted(rows.items())
         ],
     )
-    sizes = sorted({"x".join(map(str, r.get("image_size", []))) for r in rows.values() if r is not None})
-    backbones = sorted({str(r["switches"].get("backbone")) for r in rows.values() if r is not None})
+    shown = [r for found in rows.values() for r in found.values()]
+    sizes = sorted({"x".join(map(str, r.get("image_size", []))) for r in shown})
+    backbones = sorted({str(r["switches"].get("backbone")) for r in shown})
     info = (
-        f"Inference MACs (eval mode) of {'/'.join(backbones)} at {'/'.join(sizes)}."
+        f"Inference MACs (eval mode) of {'/'.join(backbones)} at {'/'.join(sizes)}; `paper` decoder: the "
+        "widths that reproduce Table III, `efficient`: the narrow default (docs/model.md)."
         if backbones
         else f"No `vpnext flops --json` files in `{FLOPS_DIR}/` (run `make flops`)."
     )

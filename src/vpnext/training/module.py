@@ -34,8 +34,16 @@ from vpnext.evaluation import (
     ms_flip_inference,
     resize_to,
 )
-from vpnext.losses import DICE_WEIGHT, FOCAL_WEIGHT, SegmentationLoss
+from vpnext.losses import (
+    DICE_WEIGHT,
+    FOCAL_WEIGHT,
+    PRESENCE_WEIGHT,
+    AuxWeighting,
+    PixelLoss,
+    SegmentationLoss,
+)
 from vpnext.models import VPNeXt
+from vpnext.models.presets import DecoderPreset
 from vpnext.models.vpnext import AuxMode, DeformImpl, HeadMode, UpsamplerMode
 from vpnext.training.optim import build_optimizer, build_scheduler
 
@@ -58,9 +66,15 @@ class SegmentationModule(L.LightningModule):
             file (``.safetensors``/``.pth``).
         img_size: Position-embedding grid size; the CLI links it from the data's training crop.
         drop_path_rate: Stochastic depth of the ViT.
-        decoder_dim: Width D of the 1/16 decoder.
+        decoder: Named decoder configuration: ``efficient`` (default) or ``paper`` (Table III's
+            costs); see :mod:`vpnext.models.presets`. The five widths below default to it.
+        decoder_dim: Width D of the 1/16 decoder and of every row's classifier input.
         pyramid_dim: Width of the 1/4 path (mock pyramid, ViTUp/HiCLR).
-        num_heads: Attention heads of the context head (and the mask head).
+        num_heads: Attention heads of the context head.
+        head_convs: 3x3 convs after the context aggregation (main head and auxiliary branches).
+        fuse_kernel: Kernel (1 or 3) of HiCLR's final fusion.
+        segmenter_dim: Width of the mask transformer; ``None``: the ViT's width (Segmenter's).
+        segmenter_heads: Heads of the mask transformer; ``None``: its width / 64 (Segmenter's).
         aux: Auxiliary supervision of intermediate layers (training only; Table I):
             ``none``, ``deep_supervision``, ``naive_align`` (Eq. 1) or ``vcr`` (Visual Context Replay).
         aux_layers: Number of evenly spaced intermediate layers, or their 0-based block indices.
@@ -70,11 +84,14 @@ class SegmentationModule(L.LightningModule):
         replay_stop_grad: VCR replays the final layer's offsets/affinity without gradient.
         pyramid_embed: Stride-4 embedding of ViTUp: ``folded`` (cheaper) or ``shared``.
         deform_impl: Deformable-conv kernel (``auto`` picks the fastest measured one).
-        loss: Per-pixel loss: ``mask`` (sigmoid focal + dice, the paper's) or ``ce``.
-        aux_weight: Weight of each auxiliary logit map's loss.
+        loss: Per-pixel loss: ``mask`` (sigmoid focal + dice over present masks + class presence,
+            the paper's), ``mask_all`` (focal + dice over all K masks) or ``ce``.
+        aux_weight: Weight of the auxiliary logit maps' losses (in total or per layer).
+        aux_weighting: ``total`` (each of n maps gets aux_weight / n) or ``per_layer``.
         align_weight: Weight of the naive-align MSE (``aux=naive_align``).
         focal_weight: Focal weight of the mask loss.
         dice_weight: Dice weight of the mask loss.
+        presence_weight: Class-presence weight of the ``mask`` loss.
         ignore_index: Label value excluded from loss and metrics.
         lr: Base AdamW learning rate (the ViT's top block; lower blocks get layer decay).
         weight_decay: AdamW weight decay of weight matrices (none on 1-D params, position
@@ -99,9 +116,14 @@ class SegmentationModule(L.LightningModule):
         pretrained: bool | str = False,
         img_size: int | tuple[int, int] | None = None,
         drop_path_rate: float = 0.0,
-        decoder_dim: int = 256,
-        pyramid_dim: int = 48,
-        num_heads: int = 8,
+        decoder: DecoderPreset = "efficient",
+        decoder_dim: int | None = None,
+        pyramid_dim: int | None = None,
+        num_heads: int | None = None,
+        head_convs: int | None = None,
+        fuse_kernel: int | None = None,
+        segmenter_dim: int | None = None,
+        segmenter_heads: int | None = None,
         aux: AuxMode = "vcr",
         aux_layers: int | list[int] = 2,
         head: HeadMode = "context",
@@ -110,11 +132,13 @@ class SegmentationModule(L.LightningModule):
         replay_stop_grad: bool = True,
         pyramid_embed: Literal["folded", "shared"] = "folded",
         deform_impl: DeformImpl = "auto",
-        loss: Literal["mask", "ce"] = "mask",
+        loss: PixelLoss = "mask",
         aux_weight: float = 0.4,
+        aux_weighting: AuxWeighting = "total",
         align_weight: float = 1.0,
         focal_weight: float = FOCAL_WEIGHT,
         dice_weight: float = DICE_WEIGHT,
+        presence_weight: float = PRESENCE_WEIGHT,
         ignore_index: int = 255,
         lr: float = 6e-5,
         weight_decay: float = 0.05,
@@ -135,9 +159,11 @@ class SegmentationModule(L.LightningModule):
         self.criterion = SegmentationLoss(
             loss=loss,
             aux_weight=aux_weight,
+            aux_weighting=aux_weighting,
             align_weight=align_weight,
             focal_weight=focal_weight,
             dice_weight=dice_weight,
+            presence_weight=presence_weight,
             ignore_index=ignore_index,
         )
         self.val_iou = jaccard_index(num_classes, ignore_index)
