@@ -124,13 +124,13 @@ def test_kill_during_a_checkpoint_write_keeps_the_previous_file(tmp_path: Path) 
     target = tmp_path / "last.ckpt"
     atomic_torch_save({"step": 1, "w": torch.ones(3)}, target)
     script = (
-        "import sys, time, torch\n"
+        "import os, sys, time, torch\n"
         "from pathlib import Path\n"
         "from vpnext.training.checkpointing import atomic_torch_save\n"
-        "def slow_save(obj, f, *a, **k):\n"
-        "    f.write(b'PK' + bytes(4096)); f.flush(); print('writing', flush=True); time.sleep(120)\n"
-        "torch.save = slow_save\n"
-        "atomic_torch_save({'step': 2}, Path(sys.argv[1]))\n"
+        "def slow_sync(fd):\n"  # the new file is written but not yet in place
+        "    print('writing', flush=True); time.sleep(120)\n"
+        "os.fsync = slow_sync\n"
+        "atomic_torch_save({'step': 2, 'w': torch.zeros(10**6)}, Path(sys.argv[1]))\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", script, str(target)], stdout=subprocess.PIPE, text=True)
     try:

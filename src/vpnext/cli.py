@@ -45,6 +45,7 @@ from vpnext.training import (
 )
 from vpnext.training.checkpointing import (
     PREEMPTED_EXIT_CODE,
+    CheckpointWriteError,
     CorruptCheckpointError,
     LastCheckpoint,
     NonFiniteLossError,
@@ -347,8 +348,6 @@ class VPNeXtCLI(LightningCLI):
         parser.add_class_arguments(InitOptions, "init")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.crop_size", "model.img_size", apply_on="instantiate")
-        # The input normalisation follows the backbone's weights unless data.mean/std are given.
-        parser.link_arguments("model.backbone", "data.backbone")
 
     def before_instantiate_classes(self) -> None:
         subcommand = str(self.subcommand)
@@ -577,7 +576,13 @@ def _describe(err: BaseException) -> str:
 
     message = " ".join(str(err).split()) or type(err).__name__
     one_line = (UserError, DatasetError, PretrainedWeightsError, FileNotFoundError)
-    checkpoints = (UnsafeCheckpointError, CorruptCheckpointError, NonFiniteLossError, NonFiniteWeightsError)
+    checkpoints = (
+        UnsafeCheckpointError,
+        CorruptCheckpointError,
+        CheckpointWriteError,
+        NonFiniteLossError,
+        NonFiniteWeightsError,
+    )
     if isinstance(err, (*one_line, *checkpoints)):
         return message
     return f"{type(err).__name__}: {message}"

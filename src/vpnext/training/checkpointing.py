@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
+import io
 import math
 import os
 import pickle
@@ -47,6 +49,7 @@ from vpnext.training import results
 
 __all__ = [
     "PREEMPTED_EXIT_CODE",
+    "CheckpointWriteError",
     "CorruptCheckpointError",
     "LastCheckpoint",
     "NonFiniteLossError",
@@ -70,6 +73,10 @@ PREEMPTION_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
 
 class UnsafeCheckpointError(Exception):
     """A checkpoint or weights file holds pickled objects other than tensors and plain containers."""
+
+
+class CheckpointWriteError(Exception):
+    """A checkpoint could not be written (folder not writable, disk full); the old one is intact."""
 
 
 class CorruptCheckpointError(Exception):
@@ -122,7 +129,16 @@ class SafeCheckpointIO(TorchCheckpointIO):
             raise NonFiniteWeightsError(
                 f"refused to write {path}: weight {bad} is not finite; the previous checkpoint is kept"
             )
-        atomic_torch_save(checkpoint, Path(path))
+        try:
+            atomic_torch_save(checkpoint, Path(path))
+        except OSError as err:
+            reason = err.strerror or type(err).__name__
+            code = errno.errorcode.get(err.errno or 0, "")
+            raise CheckpointWriteError(
+                f"cannot write checkpoint {path}: {reason}{f' ({code})' if code else ''}; the previous "
+                "checkpoint there is kept; free space or fix the folder's permissions, then resume "
+                "with --ckpt_path last"
+            ) from None
 
     def load_checkpoint(
         self, path: Any, map_location: Any | None = None, weights_only: bool | None = None
@@ -137,11 +153,15 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     Raises:
         OSError: The folder is not writable or the disk is full; ``path`` is left as it was.
     """
+    # Serialised in memory first (as Lightning's own writer does): torch's zip writer reports a
+    # failing file write (disk full) as an opaque RuntimeError, Python's write as the OSError it is.
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
+            handle.write(buffer.getbuffer())
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)  # mkstemp creates 0600
