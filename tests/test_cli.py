@@ -73,7 +73,7 @@ def test_fit_writes_checkpoints_results_and_logs(fit_run: Path) -> None:
     assert results["num_params"] == sum(v.numel() for k, v in state.items() if k.startswith("model."))
     # The data module was told the backbone (linked from model.backbone) and normalised for it.
     data_hparams = checkpoint["datamodule_hyper_parameters"]
-    assert data_hparams["backbone"] == "vit_tiny_patch16_224" and data_hparams["mean"] is None
+    assert data_hparams["normalize_for"] == "vit_tiny_patch16_224" and data_hparams["mean"] is None
 
     with open(fit_run / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))

@@ -109,7 +109,7 @@ def test_normalisation_follows_the_backbone(
     dm = SegDataModule(
         dataset="synthetic",
         root=str(tmp_path),
-        backbone=backbone,
+        normalize_for=backbone,
         crop_size=32,
         num_workers=0,
         synthetic_kwargs={"num_train": 2, "num_val": 1, "image_size": 32},
@@ -125,6 +125,6 @@ def test_normalisation_follows_the_backbone(
 
 def test_explicit_normalisation_overrides_the_backbone() -> None:
     dm = SegDataModule(
-        dataset="synthetic", backbone="vit_tiny_patch16_224", mean=(0.1, 0.2, 0.3), std=(1, 1, 1)
+        dataset="synthetic", normalize_for="vit_tiny_patch16_224", mean=(0.1, 0.2, 0.3), std=(1, 1, 1)
     )
     assert dm.mean == pytest.approx((0.1, 0.2, 0.3)) and dm.std == pytest.approx((1.0, 1.0, 1.0))

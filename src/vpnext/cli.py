@@ -348,6 +348,8 @@ class VPNeXtCLI(LightningCLI):
         parser.add_class_arguments(InitOptions, "init")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.crop_size", "model.img_size", apply_on="instantiate")
+        # The input normalisation follows the backbone's weights unless data.mean/std are given.
+        parser.link_arguments("model.backbone", "data.normalize_for")
 
     def before_instantiate_classes(self) -> None:
         subcommand = str(self.subcommand)

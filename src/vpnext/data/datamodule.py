@@ -99,10 +99,11 @@ class SegDataModule(L.LightningDataModule):
         slide_stride: Sliding-window stride; ``None`` uses the dataset default.
         keep_original_label: Val/test labels at the original resolution (not resized with the
             image); turn off only if the evaluation expects labels at the resized image size.
-        mean: Normalisation mean, fractions of 255; ``None``: what ``backbone``'s weights expect.
-        std: Normalisation std, fractions of 255; ``None``: what ``backbone``'s weights expect.
-        backbone: The timm backbone the data feeds (``vpnext fit`` links it from
-            ``model.backbone``): ``mean``/``std`` left at ``None`` come from its pretrained config
+        mean: Normalisation mean, fractions of 255; ``None``: what ``normalize_for``'s weights expect.
+        std: Normalisation std, fractions of 255; ``None``: what ``normalize_for``'s weights expect.
+        normalize_for: The timm backbone the data feeds (``vpnext fit`` links it from
+            ``model.backbone``; a name of its own so that the data module's and the model's
+            hyperparameters never clash): ``mean``/``std`` left at ``None`` come from its pretrained config
             (:func:`vpnext.models.backbone.backbone_normalization`: 0.5/0.5 for AugReg ViTs, ImageNet's
             for DeiT/DINOv2), for training, evaluation and prediction alike. Without a backbone,
             ImageNet's mean/std.
@@ -138,7 +139,7 @@ class SegDataModule(L.LightningDataModule):
         keep_original_label: bool = True,
         mean: tuple[float, float, float] | None = None,
         std: tuple[float, float, float] | None = None,
-        backbone: str | None = None,
+        normalize_for: str | None = None,
         batch_size: int = 8,
         val_batch_size: int = 1,
         num_workers: int = 4,
@@ -178,20 +179,20 @@ class SegDataModule(L.LightningDataModule):
     # ---- what the model and the evaluation need to know -------------------------------------
     @property
     def mean(self) -> tuple[float, float, float]:
-        """The normalisation mean in use (given, else the backbone's, else ImageNet's)."""
+        """The normalisation mean in use (given, else ``normalize_for``'s, else ImageNet's)."""
         return self._normalization[0]
 
     @property
     def std(self) -> tuple[float, float, float]:
-        """The normalisation std in use (given, else the backbone's, else ImageNet's)."""
+        """The normalisation std in use (given, else ``normalize_for``'s, else ImageNet's)."""
         return self._normalization[1]
 
     @functools.cached_property
     def _normalization(self) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
         hp = self.hparams
         default = (IMAGENET_MEAN, IMAGENET_STD)
-        if hp.backbone is not None and (hp.mean is None or hp.std is None):
-            default = backbone_normalization(hp.backbone)  # type: ignore[assignment]
+        if hp.normalize_for is not None and (hp.mean is None or hp.std is None):
+            default = backbone_normalization(hp.normalize_for)  # type: ignore[assignment]
         mean = default[0] if hp.mean is None else hp.mean
         std = default[1] if hp.std is None else hp.std
         return tuple(float(v) for v in mean), tuple(float(v) for v in std)  # type: ignore[return-value]
