@@ -57,6 +57,7 @@ from vpnext.training.checkpointing import (
     RNGStateCheckpoint,
     SafeCheckpointIO,
     UnsafeCheckpointError,
+    check_backbone_weights,
     check_weights_file,
     describe_mismatch,
     load_state_dict_file,
@@ -449,14 +450,69 @@ def _check_inputs(config: Namespace) -> None:
         if not Path(pretrained).expanduser().is_file():
             raise UserError(f"model.pretrained: backbone weights file not found: {pretrained}")
         check_weights_file(Path(pretrained).expanduser())
+        try:
+            check_backbone_weights(config.model.backbone, Path(pretrained).expanduser())
+        except ValueError as err:
+            raise UserError(f"model.pretrained: {err}") from None
     init = config.get("init")
     if init is not None and init.weights:
         if not Path(init.weights).is_file():
             raise UserError(f"init.weights: weights file not found: {init.weights}")
         check_weights_file(init.weights)
     data = config.data
+    from vpnext.data.datasets import DATASET_CLASSES  # the registry, without building anything
+
+    if data.dataset not in DATASET_CLASSES:
+        known = ", ".join(sorted(DATASET_CLASSES))
+        raise UserError(f"data.dataset: unknown dataset {data.dataset!r}; known: {known}")
     if data.dataset != "synthetic" and data.root and not Path(data.root).is_dir():
         raise UserError(f"data.root: dataset root of {data.dataset!r} not found: {data.root}")
+    if data.get("predict_dir") and not Path(data.predict_dir).is_dir():
+        raise UserError(f"data.predict_dir: folder of images to predict not found: {data.predict_dir}")
+    for key, low, inclusive in _RANGES:
+        section, _, name = key.partition(".")
+        value = config[section].get(name) if section in config else None
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if numeric and (value < low or (value == low and not inclusive)):
+            bound = f">= {low}" if inclusive else f"> {low}"
+            raise UserError(f"{key}: must be {bound}, got {value}")
+
+
+#: Numeric options with a lower bound the classes themselves would only report deep inside torch:
+#: (key, bound, bound allowed).
+_RANGES = (
+    ("data.batch_size", 1, True),
+    ("data.val_batch_size", 1, True),
+    ("data.num_workers", 0, True),
+    ("model.lr", 0.0, False),
+    ("model.weight_decay", 0.0, True),
+    ("model.warmup_iters", 0, True),
+    ("trainer.max_epochs", -1, True),
+)
+
+
+def _check_config_files(args: Sequence[str]) -> None:
+    """Name the file when a ``--config`` file is not valid YAML (the parser's message does not)."""
+    import yaml
+
+    for i, arg in enumerate(args):
+        if arg == "--config" and i + 1 < len(args):
+            path = Path(args[i + 1])
+        elif arg.startswith("--config="):
+            path = Path(arg.split("=", 1)[1])
+        else:
+            continue
+        if not path.is_file():
+            continue  # the parser reports missing files itself
+        try:
+            yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(err, "problem", None) or type(err).__name__
+            raise UserError(f"--config {path}: not valid YAML: {problem}{where}") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise UserError(f"--config {path}: cannot read the file ({err})") from None
 
 
 def _place_loggers(loggers: Any, run_dir: Path, name: str) -> Any:
@@ -608,6 +664,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    saved_debug = os.environ.get(DEBUG_ENV)
     if "--debug" in args:
         args = [a for a in args if a != "--debug"]
         os.environ[DEBUG_ENV] = "1"  # DDP rank processes re-run the command line without the flag
@@ -617,6 +674,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     saved_env = os.environ.get(RUN_DIR_ENV)
     try:
         extra = _match_extra(args)
+        if extra is None:
+            _check_config_files(args)
         if extra is not None:
             return int(_load(EXTRA_COMMANDS[extra[0]])(extra[1]) or 0)
         with warnings.catch_warnings():
@@ -660,6 +719,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.environ.pop(RUN_DIR_ENV, None)
         else:
             os.environ[RUN_DIR_ENV] = saved_env
+        # Nor its --debug (set in the environment for the DDP ranks' processes).
+        if saved_debug is None:
+            os.environ.pop(DEBUG_ENV, None)
+        else:
+            os.environ[DEBUG_ENV] = saved_debug
 
 
 if __name__ == "__main__":

@@ -59,10 +59,15 @@ def read_image(path: Path) -> np.ndarray:
     """
     try:
         with Image.open(path) as img:
+            if img.mode in _WIDE_MODES:  # 16/32-bit grayscale: scale to 8 bits instead of clipping
+                wide = np.asarray(img, dtype=np.float64)
+                top = 65535.0 if img.mode.startswith("I;16") else max(float(wide.max()), 1.0)
+                gray = np.clip(wide / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+                return np.repeat(gray[..., None], 3, axis=2)
             return np.asarray(img.convert("RGB"))
     except FileNotFoundError as err:
         raise DatasetError(f"{path}: image file is missing") from err
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as err:
         raise DatasetError(f"{path}: cannot decode image ({err})") from err
 
 
@@ -102,10 +107,17 @@ def read_label(path: Path, lut: np.ndarray, num_classes: int) -> np.ndarray:
     return label.astype(np.uint8)
 
 
+#: Image modes with more than 8 bits per pixel (16-bit PNGs, 32-bit integer or float TIFFs).
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
 def _header(path: Path) -> tuple[tuple[int, int], str]:
     """(width, height) and mode from the file header only (no pixel decoding)."""
-    with Image.open(path) as img:
-        return img.size, img.mode
+    try:
+        with Image.open(path) as img:
+            return img.size, img.mode
+    except Image.DecompressionBombError as err:  # the header is fine, decoding it would not be
+        raise OSError(f"too large to decode safely: {err}") from err
 
 
 class SegmentationDataset(Dataset):

@@ -463,6 +463,8 @@ def check_weights_file(path: str | Path) -> None:
         CorruptCheckpointError: Not readable.
     """
     path = Path(path)
+    if path.suffix == ".npz":  # numpy archives (timm's JAX weights) are read with allow_pickle=False
+        return
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
@@ -634,3 +636,59 @@ def first_non_finite(state_dict: dict[str, Any]) -> str | None:
         ):
             return name
     return None
+
+
+def _tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the tensors of a weights file (memory-mapped; nothing runs)."""
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            return {k: tuple(handle.get_slice(k).get_shape()) for k in handle.keys()}  # noqa: SIM118
+    try:
+        loaded = safe_load(path, mmap=True)
+    except CorruptCheckpointError:
+        loaded = safe_load(path)
+    if isinstance(loaded, dict):
+        for key in ("state_dict", "model", "state_dict_ema"):  # the containers timm unwraps too
+            if isinstance(loaded.get(key), dict):
+                loaded = loaded[key]
+                break
+    if not isinstance(loaded, dict):
+        return {}
+    return {k: tuple(v.shape) for k, v in loaded.items() if isinstance(v, torch.Tensor)}
+
+
+def check_backbone_weights(backbone: str, path: str | Path) -> None:
+    """Refuse a ``model.pretrained`` file that does not hold weights of ``backbone``.
+
+    timm loads such a file without complaint when few keys match, and the run would train from a
+    random backbone. Checked: at least half of the backbone's tensors are present (after the
+    ``module.``/``model.``/``backbone.`` prefixes timm also strips) and every present tensor has
+    the backbone's shape (the position embedding excepted: it is resampled).
+
+    Raises:
+        ValueError: The file does not fit; the message lists what differs.
+    """
+    import timm
+
+    path = Path(path)
+    if path.suffix == ".npz":  # original JAX checkpoints: timm's own loader maps their names
+        return
+    with torch.device("meta"):
+        model = timm.create_model(backbone, pretrained=False, num_classes=0)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    given = _tensor_shapes(path)
+    for prefix in ("module.", "model.", "backbone.", "vit."):
+        if given and all(k.startswith(prefix) for k in given):
+            given = {k[len(prefix) :]: v for k, v in given.items()}
+    found = [k for k in expected if k in given]
+    if len(found) < len(expected) / 2:
+        sample = ", ".join(list(given)[:4]) or "no tensors"
+        raise ValueError(
+            f"{path} does not hold {backbone} weights: {len(found)} of its {len(expected)} tensors "
+            f"found (the file has e.g. {sample})"
+        )
+    shapes = [(k, given[k], expected[k]) for k in found if given[k] != expected[k] and k != "pos_embed"]
+    if shapes:
+        raise ValueError(f"{path} does not fit {backbone}: {describe_mismatch([], [], shapes)}")
