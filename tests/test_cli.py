@@ -65,6 +65,8 @@ def test_fit_writes_checkpoints_results_and_logs(fit_run: Path) -> None:
     assert results["model"]["aux"] == "vcr" and results["model"]["hiclr_depth"] == 3
     assert results["model"]["num_classes"] == len(SYNTHETIC_CLASSES)
     assert results["optimizer_steps"] == 2 and results["images_seen"] == 8
+    assert results["seed"] == 0  # seed_everything's default: report groups runs by everything else
+    assert 0 < results["inference_gmacs"] < 5  # tiny ViT at 64x64, counted as `vpnext flops` does
     assert results["evaluated_at_step"] == 2
     assert results["checkpoint"]["last"] == str(fit_run / "checkpoints" / "last.ckpt")
     assert results["best_mIoU"] is not None

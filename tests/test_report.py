@@ -75,45 +75,55 @@ def table_rows(markdown: str, title: str) -> list[str]:
 def test_table1_rows_exact(runs: Path) -> None:
     markdown, _ = report.render_report(runs)
     assert table_rows(markdown, "Table I") == [
-        "| Deep supervision | 2 | 40.11 | 66.50 |",
-        "| Mask decoder w/o pyramid | 2 (implicit) | 42.22 | 67.88 |",
-        "| Our VCR | 1 | 43.33 | 68.43 |",
-        "|  | 2 | 44.44 | 68.83 |",
-        "|  | 3 | – | 68.56 |",
+        "| Deep supervision | 2 | 40.11 | – | – | 66.50 |",
+        "| Mask decoder w/o pyramid | 2 (implicit) | 42.22 | – | – | 67.88 |",
+        "| Our VCR | 1 | 43.33 | – | – | 68.43 |",
+        "|  | 2 | 44.44 | – | – | 68.83 |",
+        "|  | 3 | – | – | – | 68.56 |",
     ]
-    assert section(markdown, "Table I")[2] == "| Methods | Num# DS layers | mIoU(%) | paper |"
+    assert (
+        section(markdown, "Table I")[2]
+        == "| Methods | Num# DS layers | mIoU(%) | GMACs | wall (min) | paper |"
+    )
 
 
 def test_table2_rows_exact(runs: Path) -> None:
     markdown, _ = report.render_report(runs)
     assert table_rows(markdown, "Table II") == [
-        "| Bilinear | 0 | 44.44 | 68.83 |",
-        "| Mock pyramid | 2 | 45.55 | 69.01 |",
-        "| Our real pyramid | 1 | 47.77 | 69.50 |",
-        "|  | 2 | – | 69.87 |",  # the run with replay_stop_grad=False is not the paper's VCR
-        "|  | 3 | 46.66 | 70.00 |",
-        "|  | 4 | – | 69.81 |",
-        "|  | 5 | – | 69.43 |",
+        "| Bilinear | 0 | 44.44 | – | – | 68.83 |",
+        "| Mock pyramid | 2 | 45.55 | – | – | 69.01 |",
+        "| Our real pyramid | 1 | 47.77 | – | – | 69.50 |",
+        "|  | 2 | – | – | – | 69.87 |",  # the run with replay_stop_grad=False is not the paper's VCR
+        "|  | 3 | 46.66 | – | – | 70.00 |",
+        "|  | 4 | – | – | – | 69.81 |",
+        "|  | 5 | – | – | – | 69.43 |",
     ]
-    assert "4 run(s): dataset synthetic, backbone vit_tiny_patch16_224, crop 64x64, steps 30." in markdown
+    assert (
+        "4 run(s), seeds None: dataset synthetic, backbone vit_tiny_patch16_224, crop 64x64, steps 30."
+        in markdown
+    )
 
 
 def test_extra_runs_are_listed_but_not_in_paper_tables(runs: Path) -> None:
     markdown, _ = report.render_report(runs)
     everything = section(markdown, "All runs")
     assert len([line for line in everything if line.startswith("| ")]) == 2 + 9  # header, separator, runs
-    assert "| naive_align | 2 | context | bilinear | 0 | true | 30.00 | `i` |" in everything
-    assert "| vcr | 2 | context | hiclr | 2 | false | 30.00 | `h` |" in everything
+    assert (
+        "| efficient | naive_align | 2 | context | bilinear | 0 | true | null | 30.00 | `i` |" in everything
+    )
+    assert "| efficient | vcr | 2 | context | hiclr | 2 | false | null | 30.00 | `h` |" in everything
 
 
 def test_latest_run_wins_a_contested_row_and_mixed_settings_are_flagged(runs: Path) -> None:
     write_run(runs, "z-smoke", 0.1, finished="2024-01-01T00:00:00+00:00", steps=5, upsampler="mock_pyramid")
     write_run(runs, "z-late", 0.9, finished="2026-01-01T00:00:00+00:00", steps=5, aux_layers=3)
     markdown, _ = report.render_report(runs)
-    assert "| Mock pyramid | 2 | 45.55 | 69.01 |" in table_rows(markdown, "Table II")  # not the older 10.00
-    assert "|  | 3 | 90.00 | 68.56 |" in table_rows(markdown, "Table I")
+    assert "| Mock pyramid | 2 | 45.55 | – | – | 69.01 |" in table_rows(
+        markdown, "Table II"
+    )  # not the older 10.00
+    assert "|  | 3 | 90.00 | – | – | 68.56 |" in table_rows(markdown, "Table I")
     notes = "\n".join(section(markdown, "Table II"))
-    assert "Mock pyramid 2: 2 runs; shows the latest" in notes
+    assert "Mock pyramid 2: 1 run(s) of another configuration not shown" in notes
     assert "runs differ in steps: 30, 5" in "\n".join(section(markdown, "Table I"))
 
 
@@ -121,8 +131,8 @@ def test_best_metric_and_unevaluated_runs(runs: Path) -> None:
     write_run(runs, "never-evaluated", None, upsampler="hiclr", hiclr_depth=5)
     markdown, _ = report.render_report(runs, metric="best_mIoU")
     rows = table_rows(markdown, "Table II")
-    assert rows[0] == "| Bilinear | 0 | 45.44 | 68.83 |"
-    assert rows[-1] == "|  | 5 | – | 69.43 |"
+    assert rows[0] == "| Bilinear | 0 | 45.44 | – | – | 68.83 |"
+    assert rows[-1] == "|  | 5 | – | – | – | 69.43 |"
 
 
 def test_table3_from_flops_json(runs: Path) -> None:
@@ -184,12 +194,12 @@ def test_partial_and_repeating_evaluations_are_marked(runs: Path) -> None:
     with_coverage(runs / "e", 8, 7, 7, partial=False, repeated=1)
     markdown, _ = report.render_report(runs)
     assert table_rows(markdown, "Table II")[:4] == [
-        "| Bilinear | 0 | 44.44 | 68.83 |",
-        "| Mock pyramid | 2 | 45.55 (1 repeated) | 69.01 |",
-        "| Our real pyramid | 1 | 47.77 | 69.50 |",
-        "|  | 2 | – | 69.87 |",
+        "| Bilinear | 0 | 44.44 | – | – | 68.83 |",
+        "| Mock pyramid | 2 | 45.55 (1 repeated) | – | – | 69.01 |",
+        "| Our real pyramid | 1 | 47.77 | – | – | 69.50 |",
+        "|  | 2 | – | – | – | 69.87 |",
     ]
-    assert "|  | 3 | 46.66 (partial: 3/7 images) | 70.00 |" in table_rows(markdown, "Table II")
+    assert "|  | 3 | 46.66 (partial: 3/7 images) | – | – | 70.00 |" in table_rows(markdown, "Table II")
     notes = "\n".join(section(markdown, "Table II"))
     assert (
         f"- note: Our real pyramid 3: partial evaluation, 3 of 7 val images (`{runs / 'nested/f'}`)" in notes
@@ -197,4 +207,78 @@ def test_partial_and_repeating_evaluations_are_marked(runs: Path) -> None:
     assert f"- note: Mock pyramid 2: 8 val images scored, only 7 of them distinct (`{runs / 'e'}`)" in notes
     assert "partial" not in "\n".join(section(markdown, "Table I"))
     everything = section(markdown, "All runs")
-    assert "| vcr | 2 | context | hiclr | 3 | true | 46.66 (partial: 3/7 images) | `nested/f` |" in everything
+    assert (
+        "| efficient | vcr | 2 | context | hiclr | 3 | true | null "
+        "| 46.66 (partial: 3/7 images) | `nested/f` |" in everything
+    )
+
+
+def _seeded(
+    root: Path, name: str, miou: float, seed: int, decoder: str = "efficient", wall: float = 120.0, **sw
+):
+    folder = write_run(root, name, miou, decoder=decoder, **sw)
+    path = folder / "results.json"
+    record = json.loads(path.read_text())
+    record.update(seed=seed, wall_time_s=wall, inference_gmacs=1.25)
+    path.write_text(json.dumps(record))
+
+
+def test_seeds_are_one_row_with_mean_std_and_n(tmp_path: Path) -> None:
+    """Runs that differ only in seed_everything form one row: mean ± sample std (n), GMACs, wall."""
+    root = tmp_path / "runs"
+    for seed, value in [(0, 0.40), (1, 0.42), (2, 0.47)]:
+        _seeded(root, f"ds{seed}", value, seed, aux="deep_supervision", wall=60.0 * (seed + 1))
+    markdown, tables = report.render_report(root)
+    # mean 43.00, sample std sqrt(((3)^2 + (1)^2 + (4)^2) / 2) = sqrt(13) = 3.61; wall (1+2+3)/3 = 2.0 min
+    assert (
+        table_rows(markdown, "Table I")[0]
+        == "| Deep supervision | 2 | 43.00 ± 3.61 (n=3) | 1.25 | 2.0 | 66.50 |"
+    )
+    assert "3 run(s), seeds 0/1/2:" in markdown
+    group = report.seed_group(next(iter(tables["efficient"]["table1"].values())))
+    assert group.n == 3 and group.by_seed() == {0: 0.40, 1: 0.42, 2: 0.47}
+
+
+def test_paired_comparisons_match_seeds_and_decoders_get_their_own_tables(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    ds = [0.40, 0.42, 0.47]
+    vcr = [0.41, 0.45, 0.49]  # per-seed differences +1, +3, +2 points
+    for seed in range(3):
+        _seeded(root, f"ds{seed}", ds[seed], seed, aux="deep_supervision")
+        _seeded(root, f"vcr{seed}", vcr[seed], seed)
+        _seeded(root, f"vcr-paper{seed}", vcr[seed] + 0.05, seed, decoder="paper")
+    _seeded(root, "vcr-extra-seed", 0.9, 7)  # no deep-supervision run with seed 7: not paired
+    markdown, _ = report.render_report(root)
+    assert "## Table I: ablation on VCR (decoder: paper)" in markdown
+    assert "## Table I: ablation on VCR (decoder: efficient)" in markdown
+    pairs = "\n".join(section(markdown, "Paired comparisons"))
+    # differences 1, 3, 2: mean 2.00, std 1.00, 95% t interval 2 ± 4.303 / sqrt(3) = [-0.48, +4.48]
+    assert (
+        "| VCR (2 layers) − deep supervision (2 layers) (efficient) | +2.00 ± 1.00, 95% CI [-0.48, +4.48], "
+        "higher on 3/3 seeds |"
+    ) in pairs
+    assert (
+        "| VCR (2 layers): paper − efficient decoder | +5.00 ± 0.00, 95% CI [+5.00, +5.00], "
+        "higher on 3/3 seeds |" in pairs
+    )
+    assert "| HiCLR 3 − bilinear (efficient) | – |" in pairs
+
+
+def test_plot_shows_every_seed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "runs"
+    for seed, value in [(0, 0.40), (1, 0.44)]:
+        _seeded(root, f"bilinear{seed}", value, seed)
+        _seeded(root, f"hiclr{seed}", value + 0.02, seed, upsampler="hiclr", hiclr_depth=3)
+    _, tables = report.render_report(root)
+    import matplotlib.axes
+
+    points = []
+    original = matplotlib.axes.Axes.scatter
+    monkeypatch.setattr(
+        matplotlib.axes.Axes,
+        "scatter",
+        lambda self, x, y, **kw: points.extend(zip(x, y, strict=True)) or original(self, x, y, **kw),
+    )
+    out = report.plot_hiclr_depth(tables, tmp_path / "plot.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [(x, round(y, 6)) for x, y in sorted(points)] == [(0, 40.0), (0, 44.0), (3, 42.0), (3, 46.0)]

@@ -12,10 +12,15 @@ by ``vpnext sweep``, ``wandb agent`` or by hand all count. One run can fill rows
 * Table III (cost): GMACs from the ``vpnext flops --json`` files under ``RUNS_DIR/flops``.
 * All runs: every run with its switches, including ablations the paper has no table for.
 
-Paper rows without a run show ``–``. When several runs land in one row (say, a smoke test and a
-full run), the one that finished last is shown and a note says so; runs whose dataset, backbone,
-crop or step count differ from each other are listed under the table, since their numbers are
-not comparable. A number that is not over the whole split, each image once, says so where it is
+Paper rows without a run show ``–``. Runs that differ only in their seed (``seed_everything``) are
+one configuration: the row shows their mean ± sample std and n (:mod:`vpnext.tools.seeds`), the
+mean wall time and the inference GMACs. When runs of several configurations land in one row (say,
+a smoke test and a full run), the configuration of the run that finished last is shown and a
+note says so; runs whose dataset, backbone, crop or step count differ from each other are listed
+under the table, since their numbers are not comparable. Each decoder configuration (``paper``,
+``efficient``) gets its own Tables I and II, and the pairs that decide the paper's claims (VCR-2 vs
+deep supervision, HiCLR-3 vs bilinear and vs mock pyramid, paper vs efficient decoder) are
+compared seed by seed. A number that is not over the whole split, each image once, says so where it is
 shown: a run whose ``results.json`` records a partial evaluation (``limit_val_batches``) or
 repeated images shows e.g. ``41.20 (partial: 3/7 images)`` and gets a note under the table.
 """
@@ -29,6 +34,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from vpnext.tools.seeds import SeedGroup, paired
 
 __all__ = ["Run", "load_flops", "load_runs", "main", "render_report"]
 
@@ -60,6 +67,15 @@ class Run:
     setting: tuple[tuple[str, Any], ...]
     coverage_mark: str = ""
     coverage_note: str = ""
+    seed: int | None = None
+    wall_time_s: float | None = None
+    gmacs: float | None = None
+    config_key: str = ""
+
+    @property
+    def decoder(self) -> str:
+        """The decoder configuration (runs from before named configurations had the efficient one)."""
+        return str(self.model.get("decoder") or "efficient")
 
 
 def load_runs(runs_dir: str | Path, metric: str = "mIoU", split: str = "val") -> list[Run]:
@@ -78,7 +94,25 @@ def load_runs(runs_dir: str | Path, metric: str = "mIoU", split: str = "val") ->
         )
         mark, note = coverage(record)
         finished = str(record.get("finished_at", ""))
-        runs.append(Run(path, record["model"], record.get(metric), finished, setting, mark, note))
+        # Everything that defines the configuration; the seed is deliberately not part of it.
+        key = json.dumps(
+            [record.get("hparams") or record["model"], data, setting], sort_keys=True, default=str
+        )
+        runs.append(
+            Run(
+                path,
+                record["model"],
+                record.get(metric),
+                finished,
+                setting,
+                mark,
+                note,
+                seed=record.get("seed"),
+                wall_time_s=record.get("wall_time_s"),
+                gmacs=record.get("inference_gmacs"),
+                config_key=key,
+            )
+        )
     return runs
 
 
@@ -109,7 +143,6 @@ def incomplete_runs(runs_dir: str | Path) -> list[Path]:
 
 
 def coverage(record: dict[str, Any]) -> tuple[str, str]:
-
     """Flag and note for an evaluation that was partial or repeated images; empty if it was whole.
 
     Files written before ``results.json`` recorded image counts carry no flag.
@@ -264,11 +297,19 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+#: The runs of one row: one configuration, one run per seed (empty tuple: no run).
+RowRuns = tuple[Run, ...]
+
+
 def _fill(
     runs: Sequence[Run], row_of: Callable[[dict[str, Any]], RowKey | None], paper_rows: Sequence[RowKey]
-) -> tuple[dict[RowKey, Run | None], list[str]]:
-    """Place runs in rows (paper rows always present); notes on contested rows and mixed settings."""
-    rows: dict[RowKey, Run | None] = dict.fromkeys(paper_rows)
+) -> tuple[dict[RowKey, RowRuns], list[str]]:
+    """Place runs in rows (paper rows always present); notes on contested rows and mixed settings.
+
+    A row shows one configuration with all its seeds: the configuration of the run that finished
+    last; other configurations matching the row are named in a note.
+    """
+    rows: dict[RowKey, RowRuns] = dict.fromkeys(paper_rows, ())
     matched: dict[RowKey, list[Run]] = {}
     for run in runs:
         key = row_of(run.model)
@@ -277,14 +318,23 @@ def _fill(
     notes = []
     for key, candidates in matched.items():
         candidates.sort(key=lambda r: r.finished_at)
-        rows[key] = candidates[-1]
-        if len(candidates) > 1:
-            others = ", ".join(str(r.path.parent) for r in candidates[:-1])
-            notes.append(f"{key[1]} {key[2]}: {len(candidates)} runs; shows the latest, not {others}")
-    for key, run in rows.items():
-        if run is not None and run.coverage_note:
-            notes.append(f"{key[1]} {key[2]}: {run.coverage_note} (`{run.path.parent}`)")
-    shown = [r for r in rows.values() if r is not None]
+        chosen = candidates[-1].config_key
+        rows[key] = tuple(r for r in candidates if r.config_key == chosen)
+        others = [r for r in candidates if r.config_key != chosen]
+        if others:
+            names = ", ".join(str(r.path.parent) for r in others)
+            notes.append(
+                f"{key[1]} {key[2]}: {len(others)} run(s) of another configuration not shown "
+                f"(the latest configuration is): {names}"
+            )
+        seeds = [r.seed for r in rows[key]]
+        if len(set(seeds)) < len(seeds):
+            notes.append(f"{key[1]} {key[2]}: {len(seeds)} runs but seeds {sorted(map(str, seeds))} repeat")
+    for key, group in rows.items():
+        for run in group:
+            if run.coverage_note:
+                notes.append(f"{key[1]} {key[2]}: {run.coverage_note} (`{run.path.parent}`)")
+    shown = [r for group in rows.values() for r in group]
     for index, name in enumerate(("dataset", "backbone", "crop", "steps")):
         values = sorted({str(r.setting[index][1]) for r in shown})
         if len(values) > 1:
@@ -292,36 +342,113 @@ def _fill(
     return dict(sorted(rows.items(), key=lambda item: item[0][0])), notes
 
 
-def _setting_line(runs: Iterable[Run | None]) -> str:
-    shown = [r for r in runs if r is not None]
+def _setting_line(groups: Iterable[RowRuns]) -> str:
+    shown = [r for group in groups for r in group]
     if not shown:
         return "No runs yet."
     parts = []
     for index, (name, _) in enumerate(shown[0].setting):
         values = sorted({str(r.setting[index][1]) for r in shown})
         parts.append(f"{name} {'/'.join(values)}")
-    return f"{len(shown)} run(s): " + ", ".join(parts) + "."
+    seeds = sorted({str(r.seed) for r in shown})
+    return f"{len(shown)} run(s), seeds {'/'.join(seeds)}: " + ", ".join(parts) + "."
 
 
 def _percent(value: float | None) -> str:
     return MISSING if value is None else f"{100 * value:.2f}"
 
 
-def _score(run: Run | None) -> str:
-    """The run's number as a percentage, flagged when it is not over the whole split once."""
-    if run is None or run.miou is None:
+def seed_group(runs: RowRuns) -> SeedGroup | None:
+    """The evaluated runs of a row as a :class:`SeedGroup` (``None`` if none evaluated)."""
+    scored = [r for r in runs if r.miou is not None]
+    if not scored:
+        return None
+    gmacs = next((r.gmacs for r in scored if r.gmacs is not None), None)
+    walls = tuple(float(r.wall_time_s) for r in scored if r.wall_time_s is not None)
+    return SeedGroup(
+        tuple(float(r.miou) for r in scored), tuple(r.seed for r in scored), tuple(scored), walls, gmacs
+    )
+
+
+def _score(runs: RowRuns | Run | None) -> str:
+    """Mean ± std (n) as percentages, flagged when an evaluation is not over the whole split once."""
+    if isinstance(runs, Run):
+        runs = (runs,)
+    group = seed_group(runs or ())
+    if group is None:
         return MISSING
-    return _percent(run.miou) + (f" ({run.coverage_mark})" if run.coverage_mark else "")
+    marks = sorted({r.coverage_mark for r in group.runs if r.coverage_mark})
+    return group.format() + (f" ({'; '.join(marks)})" if marks else "")
 
 
-def _miou_section(title: str, second: str, filled: dict[RowKey, Run | None], notes: list[str]) -> str:
+def _cost_cells(runs: RowRuns) -> list[str]:
+    group = seed_group(runs)
+    if group is None:
+        return [MISSING, MISSING]
+    gmacs = MISSING if group.gmacs is None else f"{group.gmacs:.2f}"
+    wall = group.mean_wall_time
+    return [gmacs, MISSING if wall is None else f"{wall / 60:.1f}"]
+
+
+def _miou_section(title: str, second: str, filled: dict[RowKey, RowRuns], notes: list[str]) -> str:
     table = markdown_table(
-        ["Methods", second, "mIoU(%)", "paper"],
-        [(key[1], key[2], _score(run), PAPER_MIOU[key[1:]]) for key, run in filled.items()],
+        ["Methods", second, "mIoU(%)", "GMACs", "wall (min)", "paper"],
+        [
+            (key[1], key[2], _score(runs), *_cost_cells(runs), PAPER_MIOU[key[1:]])
+            for key, runs in filled.items()
+        ],
     )
     lines = [f"## {title}", "", table, "", _setting_line(filled.values()), PAPER_NOTE]
+    lines.append(
+        "mIoU: mean ± sample std over seeds (n runs that differ only in `seed_everything`); GMACs: "
+        "inference MACs at the training crop; wall: mean minutes per run (training + evaluation)."
+    )
     lines += [f"- note: {note}" for note in notes]
     return "\n".join(lines)
+
+
+#: The comparisons that decide the paper's claims: (label, table, row a, row b).
+PAIRS: list[tuple[str, str, tuple[str, str], tuple[str, str]]] = [
+    ("VCR (2 layers) − deep supervision (2 layers)", "table1", ("Our VCR", "2"), ("Deep supervision", "2")),
+    (
+        "VCR (2 layers) − mask decoder w/o pyramid",
+        "table1",
+        ("Our VCR", "2"),
+        ("Mask decoder w/o pyramid", "2 (implicit)"),
+    ),
+    ("HiCLR 3 − bilinear", "table2", ("Our real pyramid", "3"), ("Bilinear", "0")),
+    ("HiCLR 3 − mock pyramid", "table2", ("Our real pyramid", "3"), ("Mock pyramid", "2")),
+]
+
+
+def _row(table: dict[RowKey, RowRuns], name: tuple[str, str]) -> RowRuns:
+    return next((runs for key, runs in table.items() if key[1:] == name), ())
+
+
+def _paired_section(tables: dict[str, dict[str, dict[RowKey, RowRuns]]]) -> str:
+    """Per-seed differences of the pairs that decide the paper's claims; paper vs efficient decoder."""
+    lines = []
+    for decoder, by_table in tables.items():
+        for label, table, a, b in PAIRS:
+            ga, gb = seed_group(_row(by_table[table], a)), seed_group(_row(by_table[table], b))
+            diff = None if ga is None or gb is None else paired(ga, gb)
+            lines.append((f"{label} ({decoder})", MISSING if diff is None else diff.format()))
+    if "paper" in tables and "efficient" in tables:
+        for table, row, label in [
+            ("table2", ("Our real pyramid", "3"), "VPNeXt (HiCLR 3)"),
+            ("table1", ("Our VCR", "2"), "VCR (2 layers)"),
+        ]:
+            ga = seed_group(_row(tables["paper"][table], row))
+            gb = seed_group(_row(tables["efficient"][table], row))
+            diff = None if ga is None or gb is None else paired(ga, gb)
+            lines.append((f"{label}: paper − efficient decoder", MISSING if diff is None else diff.format()))
+    table = markdown_table(["Comparison (a − b)", "mIoU difference, points"], lines)
+    note = (
+        "Differences are taken seed by seed (the same seed: the same initialisation and data order) "
+        "over the seeds both rows ran; ± is the sample std of the differences, the interval a "
+        "two-sided 95% Student-t interval over the n pairs."
+    )
+    return "\n".join(["## Paired comparisons over seeds", "", table, "", note])
 
 
 def _decoder_of(switches: dict[str, Any]) -> str:
@@ -364,16 +491,18 @@ def _flops_section(records: Sequence[dict[str, Any]]) -> str:
 
 
 def _all_runs_section(runs: Sequence[Run], root: Path) -> str:
-    switches = ["aux", "aux_layers", "head", "upsampler", "hiclr_depth", "replay_stop_grad"]
+    switches = ["decoder", "aux", "aux_layers", "head", "upsampler", "hiclr_depth", "replay_stop_grad"]
     rows = sorted(
         [
-            *(_cell(run.model.get(s)) for s in switches),
+            run.decoder,
+            *(_cell(run.model.get(s)) for s in switches[1:]),
+            _cell(run.seed),
             _score(run),
             f"`{run.path.parent.relative_to(root)}`",
         ]
         for run in runs
     )
-    header = [*switches, "mIoU(%)", "run"]
+    header = [*switches, "seed", "mIoU(%)", "run"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     lines += ["| " + " | ".join(cells) + " |" for cells in rows]
     return "\n".join(["## All runs", "", *lines])
@@ -385,47 +514,72 @@ def _cell(value: Any) -> str:
 
 def render_report(
     runs_dir: str | Path, metric: str = "mIoU"
-) -> tuple[str, dict[str, dict[RowKey, Run | None]]]:
-    """The Markdown report and the filled Table I/II rows (for the plot)."""
+) -> tuple[str, dict[str, dict[str, dict[RowKey, RowRuns]]]]:
+    """The Markdown report and the filled Table I/II rows per decoder configuration (for the plot)."""
     root = Path(runs_dir)
     runs = load_runs(root, metric)
-    table1, notes1 = _fill(runs, table1_row, TABLE1_ROWS)
-    table2, notes2 = _fill(runs, table2_row, TABLE2_ROWS)
-    sections = [
-        f"# VPNeXt ablations ({metric}, single scale)",
-        _miou_section("Table I: ablation on VCR", "Num# DS layers", table1, notes1),
-        _miou_section("Table II: ablation on ViTUp", "Num# HiCLR layers", table2, notes2),
-        _flops_section(load_flops(root)),
-        _all_runs_section(runs, root),
-    ]
-    return "\n\n".join(sections) + "\n", {"table1": table1, "table2": table2}
+    decoders = sorted({r.decoder for r in runs}, key=lambda d: (d != "paper", d)) or ["efficient"]
+    sections = [f"# VPNeXt ablations ({metric}, single scale)"]
+    tables: dict[str, dict[str, dict[RowKey, RowRuns]]] = {}
+    for decoder in decoders:
+        mine = [r for r in runs if r.decoder == decoder]
+        table1, notes1 = _fill(mine, table1_row, TABLE1_ROWS)
+        table2, notes2 = _fill(mine, table2_row, TABLE2_ROWS)
+        tables[decoder] = {"table1": table1, "table2": table2}
+        suffix = f" (decoder: {decoder})"
+        sections.append(_miou_section("Table I: ablation on VCR" + suffix, "Num# DS layers", table1, notes1))
+        sections.append(
+            _miou_section("Table II: ablation on ViTUp" + suffix, "Num# HiCLR layers", table2, notes2)
+        )
+    sections += [_paired_section(tables), _flops_section(load_flops(root)), _all_runs_section(runs, root)]
+    return "\n\n".join(sections) + "\n", tables
 
 
-def plot_hiclr_depth(table2: dict[RowKey, Run | None], out: Path) -> Path:
-    """mIoU against HiCLR depth (0 = bilinear) with the mock pyramid as a reference line."""
+def plot_hiclr_depth(tables: dict[str, dict[str, dict[RowKey, RowRuns]]], out: Path) -> Path:
+    """mIoU against HiCLR depth (0 = bilinear), mean ± std with every seed's run as a dot, per
+    decoder configuration; the mock pyramid as a reference line with its spread as a band."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display on servers and CI
     import matplotlib.pyplot as plt
 
-    depths, values, mock = [], [], None
-    for key, run in table2.items():
-        if run is None or run.miou is None:
-            continue
-        if key[1] == "Mock pyramid":
-            mock = 100 * run.miou
-        else:
-            depths.append(int(key[2]))
-            values.append(100 * run.miou)
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(depths, values, marker="o", label="bilinear (0) / real pyramid + HiCLR")
-    if mock is not None:
-        ax.axhline(mock, linestyle="--", color="gray", label="mock pyramid")
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for index, (decoder, by_table) in enumerate(tables.items()):
+        colour = f"C{index}"
+        depths, means, stds, mock = [], [], [], None
+        for key, runs in by_table["table2"].items():
+            group = seed_group(runs)
+            if group is None:
+                continue
+            if key[1] == "Mock pyramid":
+                mock = group
+                continue
+            depth = int(key[2])
+            depths.append(depth)
+            means.append(100 * group.mean)
+            stds.append(100 * (group.std or 0.0))
+            ax.scatter([depth] * group.n, [100 * v for v in group.values], s=10, color=colour, alpha=0.5)
+        if depths:
+            ax.errorbar(
+                depths,
+                means,
+                yerr=stds,
+                marker="o",
+                capsize=3,
+                color=colour,
+                label=f"{decoder}: bilinear (0) / real pyramid + HiCLR",
+            )
+        if mock is not None:
+            centre, spread = 100 * mock.mean, 100 * (mock.std or 0.0)
+            ax.axhline(centre, linestyle="--", color=colour, alpha=0.8, label=f"{decoder}: mock pyramid")
+            if spread:
+                ax.axhspan(centre - spread, centre + spread, color=colour, alpha=0.1)
     ax.set_xlabel("Num# HiCLR layers")
     ax.set_ylabel("mIoU (%)")
     ax.set_xticks(range(6))
     ax.grid(alpha=0.3)
-    ax.legend(loc="best", fontsize="small")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="best", fontsize="small")
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
@@ -459,7 +613,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     markdown, tables = render_report(root, options.metric)
     (out / "tables.md").write_text(markdown)
-    plot_hiclr_depth(tables["table2"], out / "hiclr_depth.png")
+    plot_hiclr_depth(tables, out / "hiclr_depth.png")
     print(markdown)
     print(f"vpnext report: wrote {out / 'tables.md'} and {out / 'hiclr_depth.png'}", file=sys.stderr)
     ignored = incomplete_runs(root)

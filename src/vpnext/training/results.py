@@ -139,6 +139,9 @@ class ResultsWriter(Callback):
             "world_size": trainer.world_size,
             "precision": str(trainer.precision),
             "wall_time_s": None if started is None else round(time.time() - started, 3),
+            # Runs that differ only in this seed are one configuration in `vpnext report`.
+            "seed": _seed(),
+            "inference_gmacs": _inference_gmacs(pl_module, getattr(datamodule, "crop_size", None)),
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "checkpoint": {"evaluated": _ckpt_path(trainer, stage), "best": None, "last": None},
             "versions": {
@@ -230,6 +233,34 @@ def read_results(path: str | Path) -> dict[str, Any]:
     if path.is_dir():
         path = path / RESULTS_FILE
     return json.loads(path.read_text())
+
+
+def _seed() -> int | None:
+    """The global seed (``seed_everything``; Lightning keeps it in ``PL_GLOBAL_SEED``)."""
+    value = os.environ.get("PL_GLOBAL_SEED")
+    try:
+        return None if value is None else int(value)
+    except ValueError:
+        return None
+
+
+def _inference_gmacs(pl_module: L.LightningModule, crop: Any) -> float | None:
+    """Inference GMACs of the run's model at its training crop, counted on the meta device.
+
+    Accounting never fails a run: a model this cannot rebuild gives ``None``.
+    """
+    hparams = getattr(pl_module, "model_hparams", None)
+    if not hparams or crop is None:
+        return None
+    from vpnext.models import VPNeXt
+    from vpnext.tools.flops_cmd import measure_macs
+
+    try:
+        with torch.device("meta"):
+            model = VPNeXt(**{**hparams, "pretrained": False})
+        return round(measure_macs(model, tuple(crop))["gmacs"], 4)
+    except Exception:  # noqa: BLE001 - the figure is informative only
+        return None
 
 
 def _eval_protocol(pl_module: L.LightningModule) -> dict[str, Any] | None:
