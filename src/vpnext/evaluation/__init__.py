@@ -1,4 +1,5 @@
-"""Test-time inference (whole, sliding window, multi-scale + flip), mIoU and image coverage."""
+"""Test-time inference (whole, sliding window, multi-scale + flip, the resolved protocol), mIoU and
+image coverage."""
 
 from vpnext.evaluation.coverage import ImageTally, coverage_flags
 from vpnext.evaluation.inference import (
@@ -15,9 +16,11 @@ from vpnext.evaluation.metrics import (
     jaccard_index,
     miou_from_torchmetrics,
 )
+from vpnext.evaluation.protocol import apply_protocol, resolve_eval_protocol
 
 __all__ = [
     "ImageTally",
+    "apply_protocol",
     "confusion_matrix",
     "coverage_flags",
     "inference",
@@ -26,6 +29,7 @@ __all__ = [
     "miou_from_torchmetrics",
     "ms_flip_inference",
     "resize_to",
+    "resolve_eval_protocol",
     "slide_inference",
     "whole_inference",
     "window_starts",

@@ -27,12 +27,12 @@ from torch import Tensor
 
 from vpnext.evaluation import (
     ImageTally,
+    apply_protocol,
     coverage_flags,
-    inference,
     jaccard_index,
     miou_from_torchmetrics,
-    ms_flip_inference,
     resize_to,
+    resolve_eval_protocol,
 )
 from vpnext.losses import (
     DICE_WEIGHT,
@@ -190,31 +190,23 @@ class SegmentationModule(L.LightningModule):
         return [f"class_{i}" for i in range(self.hparams.num_classes)]
 
     def eval_protocol(self) -> dict[str, Any]:
-        """The resolved test-time protocol: mode, window (whole/slide), crop, stride, scales."""
+        """The resolved test-time protocol: mode, window (whole/slide), crop, stride, scales.
+
+        See :func:`vpnext.evaluation.resolve_eval_protocol`; the dataset's window comes from the
+        trainer's data module.
+        """
         hp = self.hparams
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        data_crop = getattr(datamodule, "slide_crop", None)
-        data_stride = getattr(datamodule, "slide_stride", None)
-        window = hp.eval_window
-        if window == "data":
-            window = "slide" if data_crop is not None else "whole"
-        crop = stride = None
-        if window == "slide":
-            crop = _pair(hp.eval_crop) or _pair(data_crop) or _pair(hp.img_size)
-            if crop is None:
-                raise ValueError("eval_window='slide' needs model.eval_crop (no dataset window, no img_size)")
-            stride = _pair(hp.eval_stride) or (
-                _pair(data_stride) if hp.eval_crop is None and data_stride is not None else None
-            )
-            stride = stride or (max(crop[0] * 2 // 3, 1), max(crop[1] * 2 // 3, 1))
-        return {
-            "mode": hp.eval_mode,
-            "window": window,
-            "crop": None if crop is None else list(crop),
-            "stride": None if stride is None else list(stride),
-            "scales": list(hp.eval_scales) if hp.eval_mode == "ms_flip" else [1.0],
-            "flip": hp.eval_mode == "ms_flip",
-        }
+        return resolve_eval_protocol(
+            hp.eval_mode,
+            hp.eval_window,
+            hp.eval_crop,
+            hp.eval_stride,
+            hp.eval_scales,
+            hp.img_size,
+            getattr(datamodule, "slide_crop", None),
+            getattr(datamodule, "slide_stride", None),
+        )
 
     # ---- training -------------------------------------------------------------------------------
     def forward(self, images: Tensor) -> Tensor:
@@ -223,16 +215,7 @@ class SegmentationModule(L.LightningModule):
         Returns:
             (B, K, H, W) scores: logits for ``ss``, averaged probabilities for ``ms_flip``.
         """
-        protocol = self.eval_protocol()
-        crop, stride = protocol["crop"], protocol["stride"]
-        crop = None if crop is None else tuple(crop)
-        stride = None if stride is None else tuple(stride)
-        num_classes = self.hparams.num_classes
-        if protocol["mode"] == "ms_flip":
-            return ms_flip_inference(
-                self.model, images, num_classes, protocol["scales"], True, protocol["window"], crop, stride
-            )
-        return inference(self.model, images, num_classes, protocol["window"], crop, stride)
+        return apply_protocol(self.model, images, self.hparams.num_classes, self.eval_protocol())
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         """One training iteration: train-mode forward, every loss term logged separately."""
@@ -357,11 +340,3 @@ def _split_size(dataloaders: Any) -> int | None:
         return None if dataset is None else len(dataset)
     except TypeError:  # an iterable dataset without __len__
         return None
-
-
-def _pair(size: int | Sequence[int] | None) -> tuple[int, int] | None:
-    if size is None:
-        return None
-    if isinstance(size, int):
-        return (size, size)
-    return (int(size[0]), int(size[1]))
