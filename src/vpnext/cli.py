@@ -44,9 +44,11 @@ from vpnext.training import (
     SegmentationModule,
 )
 from vpnext.training.checkpointing import (
+    JOB,
     PREEMPTED_EXIT_CODE,
     CheckpointWriteError,
     CorruptCheckpointError,
+    JobRecorder,
     LastCheckpoint,
     NonFiniteLossError,
     NonFiniteLossGuard,
@@ -576,6 +578,7 @@ def _run_callbacks(
         train_time_interval=None if every_minutes is None else timedelta(minutes=every_minutes),
     )
     callbacks: list[Callback] = [
+        JobRecorder(),
         ResultsWriter(dirpath=str(run_dir), config_path=str(run_dir / "config.yaml"), experiment=name)
     ]
     # Every subcommand gets the checkpoint callback: validating a fit checkpoint without it makes
@@ -646,6 +649,34 @@ def _describe(err: BaseException) -> str:
     return f"{type(err).__name__}: {message}"
 
 
+#: What torch.distributed reports in a process whose peer died (gloo, NCCL, the c10d store).
+_PEER_FAILURE_MARKS = (
+    "Connection closed by peer",
+    "Connection reset by peer",
+    "remote worker crashing",
+    "Broken pipe",
+    "NCCL communicator was aborted",
+    "failed to recv",
+    "Socket Timeout",
+)
+
+
+def _is_peer_failure(err: BaseException) -> bool:
+    text = str(err)
+    return type(err).__name__ == "DistBackendError" or any(mark in text for mark in _PEER_FAILURE_MARKS)
+
+
+def _rank_label() -> str:
+    """``[rank N] `` in a multi-process job (torchrun, SLURM or Lightning's launcher), else empty."""
+    if JOB["world_size"] > 1:
+        return f"[rank {JOB['rank']}] "
+    world = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")) or 1)
+    if world <= 1:
+        return ""
+    rank = os.environ.get("RANK", os.environ.get("SLURM_PROCID", os.environ.get("LOCAL_RANK", "0")))
+    return f"[rank {rank}] "
+
+
 def _remove_if_empty(run_dir: str | None, inherited: str | None) -> None:
     """Drop a run directory this process created if the run failed before writing anything."""
     if run_dir and run_dir != inherited:
@@ -672,6 +703,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Lightning's DDP launcher re-runs sys.argv for the other ranks; keep it the parsed command.
         sys.argv = [sys.argv[0], *args]
     saved_env = os.environ.get(RUN_DIR_ENV)
+    JOB.update(rank=0, world_size=1)
     try:
         extra = _match_extra(args)
         if extra is None:
@@ -710,7 +742,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:
         if debug:
             raise
-        print(f"vpnext: error: {_describe(err)} (VPNEXT_DEBUG=1 shows the traceback)", file=sys.stderr)
+        rank = _rank_label()
+        if rank and _is_peer_failure(err):
+            # The collective this process waited in broke because another process died; that
+            # process prints the error that matters, once.
+            note = "stopped: another process of this job failed (its error is above)"
+            print(f"vpnext: {rank}{note}", file=sys.stderr)
+            return 1
+        print(f"vpnext: error: {rank}{_describe(err)} (VPNEXT_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 1
     finally:
         _remove_if_empty(os.environ.get(RUN_DIR_ENV), saved_env)

@@ -353,14 +353,19 @@ class SegDataModule(L.LightningDataModule):
         drop_last = len(sampler) >= batch_size
         if self._resume_from is not None:
             state, self._resume_from = self._resume_from, None
-            epoch, batches = state["epoch"], state["batches"]
-            per_epoch = len(sampler) // batch_size if drop_last else -(-len(sampler) // batch_size)
-            if batches >= per_epoch:  # saved at the end of an epoch: the next one starts afresh
-                epoch, batches = epoch + 1, 0
+            epoch = state["epoch"]
+            # Every rank shards the same permutation (rank r takes r, r + W, ...), so the samples
+            # trained on so far are its first batches x batch size x W entries whatever W was: a
+            # run resumed on another number of processes skips exactly those.
+            seen = state["batches"] * state.get("batch_size", batch_size) * state.get("world_size", replicas)
+            skip = seen // replicas
+            usable = len(sampler) - (len(sampler) % batch_size if drop_last else 0)
+            if skip >= usable:  # saved at the end of an epoch: the next one starts afresh
+                epoch, skip = epoch + 1, 0
             # Lightning creates the first iterator (and workers fetch from it) before it sets the
             # epoch, so the resumed epoch is set here.
             sampler.set_epoch(epoch)
-            sampler.resume_at(epoch, batches * batch_size)
+            sampler.resume_at(epoch, skip)
         return DataLoader(
             EpochSeededDataset(dataset, seed + rank),
             batch_size=batch_size,
@@ -381,12 +386,17 @@ class SegDataModule(L.LightningDataModule):
         if trainer is None or sampler is None or trainer.state.fn != "fit":
             return {}
         batches = trainer.fit_loop.epoch_loop.batch_progress.current.ready
-        return {"epoch": int(sampler.epoch), "batches": int(batches)}
+        return {
+            "epoch": int(sampler.epoch),
+            "batches": int(batches),
+            "batch_size": int(self.hparams.batch_size),
+            "world_size": int(sampler.num_replicas),
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Resume the training stream after the batches a checkpoint had trained on."""
         if "epoch" in state_dict and "batches" in state_dict:
-            self._resume_from = {"epoch": int(state_dict["epoch"]), "batches": int(state_dict["batches"])}
+            self._resume_from = {k: int(v) for k, v in state_dict.items()}
 
     def val_dataloader(self) -> DataLoader:
         """Validation samples in list order (image resized per ``test_scale``, original label)."""

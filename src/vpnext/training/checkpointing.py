@@ -692,3 +692,15 @@ def check_backbone_weights(backbone: str, path: str | Path) -> None:
     shapes = [(k, given[k], expected[k]) for k in found if given[k] != expected[k] and k != "pos_embed"]
     if shapes:
         raise ValueError(f"{path} does not fit {backbone}: {describe_mismatch([], [], shapes)}")
+
+
+#: This process's place in a multi-process job, recorded when the Trainer is set up (the CLI
+#: labels its error lines with it); ``(0, 1)`` outside one.
+JOB = {"rank": 0, "world_size": 1}
+
+
+class JobRecorder(Callback):
+    """Records the global rank and world size in :data:`JOB` once Lightning knows them."""
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        JOB.update(rank=int(trainer.global_rank), world_size=int(trainer.world_size))

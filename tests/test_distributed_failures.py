@@ -1,0 +1,82 @@
+"""DDP on 2 CPU processes: a failure on one rank ends the whole job quickly, its error shown once."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+from test_cli import SMALL_RUN_ARGS
+from test_data_errors import make_folder
+from test_ddp import vpnext_command
+
+TESTS = Path(__file__).resolve().parent
+DDP = ["--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.accelerator=cpu"]
+
+
+class FailOnRank(L.Callback):
+    """Test helper: raise on global rank ``rank`` in ``where`` (``train`` or ``val``)."""
+
+    def __init__(self, rank: int, where: str) -> None:
+        self.rank = rank
+        self.where = where
+
+    def _fail(self, trainer: L.Trainer, where: str) -> None:
+        if where == self.where and trainer.global_rank == self.rank and not trainer.sanity_checking:
+            raise ZeroDivisionError(f"injected failure in {where}")
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
+        self._fail(trainer, "train")
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:  # noqa: ANN001
+        self._fail(trainer, "val")
+
+
+def _run(args: list[str], tmp_path: Path) -> tuple[subprocess.CompletedProcess, float]:
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+    }
+    start = time.monotonic()
+    proc = subprocess.run(
+        vpnext_command() + ["fit", *SMALL_RUN_ARGS, *DDP, f"--run.root={tmp_path / 'runs'}", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+    )
+    return proc, time.monotonic() - start
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("rank", "where"), [(1, "train"), (0, "val"), (None, "data")])
+def test_a_failing_rank_ends_the_job_with_its_error_once(
+    rank: int | None, where: str, tmp_path: Path
+) -> None:
+    if where == "data":
+        # A dataset copied in half: one training image's pixels are cut off after a valid header,
+        # so the up-front header scan passes and whichever rank draws it fails while loading.
+        root = make_folder(tmp_path / "ds", ids=tuple("abcdefgh"))
+        make_folder(root, ids=("v1", "v2"), split="val")
+        image = root / "images" / "train" / "c.png"
+        image.write_bytes(image.read_bytes()[:120])
+        args = ["--data.dataset=folder", f"--data.root={root}", "--data.crop_size=32", "--data.val_split=val"]
+        expected = f"{image}: cannot decode image"
+    else:
+        init = f"{{rank: {rank}, where: {where}}}"
+        args = [
+            f"--data.root={tmp_path / 'data'}",
+            f"--trainer.callbacks+={{class_path: test_distributed_failures.FailOnRank, init_args: {init}}}",
+        ]
+        expected = f"[rank {rank}] ZeroDivisionError: injected failure in {where}"
+    proc, seconds = _run(args, tmp_path)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("vpnext: error:")]
+    assert proc.returncode != 0
+    assert len(errors) == 1 and expected in errors[0], proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert seconds < 300  # no hang until a collective's 30-minute timeout
+    assert not list((tmp_path / "runs").rglob("results.json"))
