@@ -85,11 +85,11 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGUSR1"])
 def test_interrupted_and_resumed_run_equals_uninterrupted(
-    reference: tuple[Path, Path], signal_name: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+    reference: tuple[Path, Path], tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     ref_run, data = reference
+    signal_name = "SIGTERM"
     args = ["fit", *RESUME_ARGS, f"--data.root={data}", f"--run.root={tmp_path}", "--run.name=cut"]
     assert main([*args, _signal_callback(5, signal_name)]) == PREEMPTED_EXIT_CODE
     err = capfd.readouterr().err
@@ -146,10 +146,13 @@ def test_ckpt_path_last_picks_the_latest_run_of_the_experiment(tmp_path: Path) -
     assert cli.find_last_checkpoint(cli.RunOptions(dir=str(old.parent.parent)), "exp") == old
 
 
-def test_interval_checkpoints_are_written_between_validations(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signal_name", ["SIGUSR1", "SIGINT"])
+def test_interval_checkpoints_are_written_between_validations(
+    signal_name: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     args = [*RESUME_ARGS, "--trainer.max_steps=3", "--trainer.limit_val_batches=0", "--data.num_workers=0"]
     args += [f"--data.root={tmp_path / 'data'}", f"--run.root={tmp_path}", "--run.name=iv"]
-    args += ["--run.ckpt_every_n_steps=1", _signal_callback(2, "SIGINT")]
+    args += ["--run.ckpt_every_n_steps=1", _signal_callback(2, signal_name)]
     saved: list[int] = []
     original = torch.save
 
@@ -160,10 +163,12 @@ def test_interval_checkpoints_are_written_between_validations(tmp_path: Path) ->
 
     torch.save = spy
     try:
-        assert main(["fit", *args]) == PREEMPTED_EXIT_CODE  # a first Ctrl-C also stops with a checkpoint
+        # SLURM's warning signal and a first Ctrl-C stop with a checkpoint like SIGTERM does.
+        assert main(["fit", *args]) == PREEMPTED_EXIT_CODE
     finally:
         torch.save = original
     assert saved == [1, 2, 3]  # steps 1 and 2 from the interval (no validation ran), 3 at the signal
+    assert f"stopped by {signal_name} at step 3" in capfd.readouterr().err
 
 
 @pytest.mark.slow
