@@ -297,6 +297,8 @@ class PreemptionCheckpoint(Callback):
 
     def _restore_handlers(self) -> None:
         for signum, handler in self._previous.items():
+            if signal.getsignal(signum) != self._handle:
+                continue  # Lightning already put back what it had replaced: leave that in place
             with contextlib.suppress(ValueError, TypeError):
                 signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
         self._previous = {}
