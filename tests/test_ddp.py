@@ -172,6 +172,7 @@ def test_partial_evaluation_is_flagged_in_results_and_report(ddp_fit: Path) -> N
     (row,) = [line for line in markdown.splitlines() if line.endswith("| 70.00 |")]  # HiCLR depth 3
     assert f"partial: 3/{VAL_IMAGES} images" in row
     assert f"partial evaluation, 3 of {VAL_IMAGES} val images" in markdown
-    runs = [line for line in markdown.split("## All runs")[1].splitlines() if line.startswith("| vcr")]
+    all_runs = markdown.split("## All runs")[1].splitlines()
+    runs = [line for line in all_runs if line.startswith("| efficient | vcr")]
     marked = [line for line in runs if "partial" in line]
     assert len(marked) == 1 and "`partial/" in marked[0] and len(runs) > 1

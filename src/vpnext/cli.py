@@ -77,6 +77,7 @@ EXTRA_COMMANDS: dict[str, str] = {
     "benchmark": "vpnext.tools.benchmark:main",
     "sweep": "vpnext.tools.sweep:main",
     "report": "vpnext.tools.report:main",
+    "export": "vpnext.tools.export:main",
 }
 
 #: Environment variable through which the launching process hands its run directory to the

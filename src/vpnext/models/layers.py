@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -43,10 +44,30 @@ def zero_init_offset_conv(in_channels: int, num_convs: int = 1, bias: bool = Tru
 
 
 def pad_to_multiple(images: Tensor, multiple: int) -> Tensor:
-    """Zero-pad right/bottom so that H and W are multiples of ``multiple``."""
+    """Zero-pad right/bottom so that H and W are multiples of ``multiple``.
+
+    While exported or traced (``vpnext export``) the pad is always in the graph, zero-width or
+    not: a branch on the size would freeze the example's case into a graph meant for every size.
+    """
     h, w = images.shape[-2:]
     ph, pw = (-h) % multiple, (-w) % multiple
+    if torch.compiler.is_exporting() or torch.jit.is_tracing():
+        return F.pad(images, (0, pw, 0, ph))
     return F.pad(images, (0, pw, 0, ph)) if ph or pw else images
+
+
+def crop_to(x: Tensor, height: int, width: int) -> Tensor:
+    """The top-left ``height`` x ``width`` of ``x`` (..., H, W), undoing :func:`pad_to_multiple`.
+
+    While exported or traced the rows and columns are gathered by index: a slice lets the
+    exporter branch on whether it is a no-op (no padding), which would tie the graph to the
+    example's case.
+    """
+    if torch.compiler.is_exporting() or torch.jit.is_tracing():
+        rows = torch.arange(height, device=x.device)
+        cols = torch.arange(width, device=x.device)
+        return x.index_select(-2, rows).index_select(-1, cols)
+    return x[..., :height, :width]
 
 
 def upsample_to(x: Tensor, size: tuple[int, int]) -> Tensor:

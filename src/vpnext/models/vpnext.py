@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from vpnext.models.backbone import ViTBackbone
 from vpnext.models.context_head import ContextHead
-from vpnext.models.layers import pad_to_multiple, upsample_to
+from vpnext.models.layers import crop_to, pad_to_multiple, upsample_to
 from vpnext.models.mask_transformer import MaskTransformerHead
 from vpnext.models.outputs import VPNeXtOutput
 from vpnext.models.presets import DecoderPreset, decoder_widths, segmenter_width
@@ -215,7 +215,7 @@ class VPNeXt(nn.Module):
         )
         y, context = self.head(x_z)
         logits = self.head.classify(self.upsampler(y, pyramid), context)
-        logits = upsample_to(logits, tuple(x.shape[-2:]))[..., :height, :width]
+        logits = crop_to(upsample_to(logits, tuple(x.shape[-2:])), height, width)
         if not self.training:
             return logits
         output = VPNeXtOutput(logits)

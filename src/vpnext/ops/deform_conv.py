@@ -17,6 +17,8 @@ Implementations (``impl``):
   by the same GEMM. ``align_corners=False`` with ``g = (2p + 1) / size - 1`` is used rather than
   the equivalent ``align_corners=True`` form because it stays defined when H or W is 1.
 - ``"torchvision"``: ``torchvision.ops.deform_conv2d``.
+- :func:`deform_conv3x3_aten`, not a switch: the ``"grid_sample"`` path without the custom op,
+  for exporting the model (``vpnext export``).
 - ``"auto"``: ``"embedding_bag"`` on CPU, where it measured fastest
   (``scripts/bench_deform_conv.py``); ``"torchvision"`` elsewhere (other devices were not
   measured).
@@ -301,6 +303,16 @@ def deform_conv3x3(
     if concrete == "torchvision":
         return torchvision.ops.deform_conv2d(x, offset, weight, bias, padding=1)
     return _deform_conv3x3_op(x, offset, weight, bias, concrete)
+
+
+def deform_conv3x3_aten(x: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """The ``"grid_sample"`` implementation as plain aten ops, outside ``vpnext::deform_conv3x3``.
+
+    What ``torch.export``, ONNX and TorchScript can trace (``vpnext export``): a custom op would
+    appear in their graphs as a call that only this Python package can run. Same values as
+    :func:`deform_conv3x3`; gradients come from autograd through ``grid_sample``.
+    """
+    return _grid_sample_forward(x, offset, weight, bias)
 
 
 class DeformConv3x3(nn.Module):
