@@ -79,6 +79,8 @@ EXTRA_COMMANDS: dict[str, str] = {
     "report": "vpnext.tools.report:main",
     "export": "vpnext.tools.export:main",
 }
+#: ``vpnext predict --ckpt_path C INPUT...`` (files and folders in, label PNGs and overlays out).
+IMAGE_PREDICT = "vpnext.inference.predict:main"
 
 #: Environment variable through which the launching process hands its run directory to the
 #: processes Lightning starts for the other DDP ranks (they re-run the same command line).
@@ -626,6 +628,16 @@ def _match_extra(args: list[str]) -> tuple[str, list[str]] | None:
     return None
 
 
+def _is_image_predict(args: list[str]) -> bool:
+    """``vpnext predict --ckpt_path C INPUT...``: images in, label PNGs and overlays out.
+
+    With ``--config`` or any ``--model.``/``--data.``/``--trainer.``/``--run.`` option it is
+    Lightning's predict loop over the configured data (``predict_dir`` or the val split).
+    """
+    lightning = ("--config", "--model.", "--data.", "--trainer.", "--run.", "--seed_everything")
+    return args[:1] == ["predict"] and not any(a.startswith((*lightning, "--print_config")) for a in args[1:])
+
+
 def _extra_commands_epilog() -> str:
     names = ", ".join(f"'vpnext {name}'" for name in sorted(EXTRA_COMMANDS))
     return f"Other commands: {names} (each takes --help)."
@@ -707,6 +719,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     JOB.update(rank=0, world_size=1)
     try:
         extra = _match_extra(args)
+        if extra is None and _is_image_predict(args):
+            return int(_load(IMAGE_PREDICT)(args[1:]) or 0)
         if extra is None:
             _check_config_files(args)
         if extra is not None:

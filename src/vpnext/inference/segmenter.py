@@ -166,7 +166,10 @@ class Segmenter:
         Softmax of the logits for ``ss``; the averaged probabilities themselves for ``ms_flip``.
         Their argmax is :meth:`predict`.
         """
-        scores = self.scores(image)
+        return self.probabilities(self.scores(image))
+
+    def probabilities(self, scores: Tensor) -> np.ndarray:
+        """(K, H, W) float32 probabilities from :meth:`scores` (softmax of ``ss`` logits)."""
         probs = scores if self.protocol["mode"] == "ms_flip" else torch.softmax(scores, dim=0)
         return probs.float().cpu().numpy()
 
