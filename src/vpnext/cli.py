@@ -68,6 +68,7 @@ from vpnext.training.checkpointing import (
     safe_load,
     state_dict_mismatch,
 )
+from vpnext.training.pictures import ValidationPictures
 
 #: Extra commands: space-separated command words -> ``"module:function"``; the function gets the
 #: arguments after the command words and returns an exit code.
@@ -106,6 +107,8 @@ class RunOptions:
             the validation interval (``None``: only at validation and at the end).
         ckpt_every_minutes: Also write ``checkpoints/last.ckpt`` after this many minutes of
             training since the last one (``None``: off; exclusive with ``ckpt_every_n_steps``).
+        pictures: Validation images shown as image / ground truth / prediction after every
+            validation (``<run dir>/pictures/``, TensorBoard, W&B); 0 turns them off.
     """
 
     root: str = "runs"
@@ -113,6 +116,7 @@ class RunOptions:
     dir: str | None = None
     ckpt_every_n_steps: int | None = None
     ckpt_every_minutes: float | None = None
+    pictures: int = 4
 
 
 @dataclass
@@ -374,6 +378,10 @@ class VPNeXtCLI(LightningCLI):
         self.trainer_defaults["callbacks"] = _run_callbacks(
             run_dir, name, subcommand, ckpt_dir, config.run.ckpt_every_n_steps, config.run.ckpt_every_minutes
         )
+        if subcommand in ("fit", "validate", "test") and config.run.pictures > 0:
+            self.trainer_defaults["callbacks"].append(
+                ValidationPictures(config.run.pictures, str(run_dir / "pictures"))
+            )
         if self.resuming:
             self.save_config_kwargs["overwrite"] = True  # the run's own config.yaml, rewritten
             # Read before the CSV logger starts (it deletes the file); written back by rank 0.

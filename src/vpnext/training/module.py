@@ -285,6 +285,8 @@ class SegmentationModule(L.LightningModule):
 
     def _log_split(self, split: str, metric: Any, tally: ImageTally) -> None:
         per_class = metric.compute()  # synced across ranks by torchmetrics
+        with metric.sync_context(should_sync=True, should_unsync=True):  # a no-op on one process
+            confusion = metric.confmat.detach().cpu().long().tolist()  # rows: label, columns: prediction
         metric.reset()
         # The one collective of the tally, after the last batch: ranks may run different numbers
         # of batches (the evaluation sampler does not pad), so nothing may sync per step.
@@ -310,6 +312,7 @@ class SegmentationModule(L.LightningModule):
                 "mIoU": miou,
                 "per_class_iou": {n: (None if math.isnan(v) else v) for n, v in values.items()},
                 "step": int(self.global_step),
+                "confusion_matrix": confusion,
                 **images,
                 **flags,
             }

@@ -121,6 +121,8 @@ class ResultsWriter(Callback):
             "mIoU": None if evaluation is None else _finite(evaluation["mIoU"]),
             "per_class_iou": None if evaluation is None else evaluation["per_class_iou"],
             "evaluated_at_step": None if evaluation is None else evaluation["step"],
+            # Rows: ground-truth class, columns: predicted class, pixel counts (class-name order).
+            "confusion_matrix": None if evaluation is None else evaluation.get("confusion_matrix"),
             # Coverage of that evaluation: each image once means evaluated == distinct == split_size.
             **{key: None if evaluation is None else evaluation.get(key) for key in COVERAGE_KEYS},
             "best_mIoU": None,
@@ -161,6 +163,12 @@ class ResultsWriter(Callback):
                 record["best_mIoU"] = None if score is None else _finite(float(score))
         path = self._dir(trainer) / RESULTS_FILE
         _atomic_write_json(path, record)
+        if stage in ("validate", "test") and record["confusion_matrix"] is not None:
+            from vpnext.training.pictures import save_confusion_matrix
+
+            names = list((record["per_class_iou"] or {}).keys())
+            picture = self._dir(trainer) / "confusion_matrix.png"
+            save_confusion_matrix(record["confusion_matrix"], names, picture)
         return path
 
     def _dir(self, trainer: L.Trainer) -> Path:
