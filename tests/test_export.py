@@ -21,12 +21,12 @@ MODEL = dict(
 )
 
 
-def write_small_checkpoint(path: Path) -> Path:
+def write_small_checkpoint(path: Path, **overrides: object) -> Path:
     """A checkpoint whose deformable convs sample at non-zero offsets (theirs start at zero)."""
     from vpnext.training import SegmentationModule
 
     torch.manual_seed(0)
-    module = SegmentationModule(**MODEL)
+    module = SegmentationModule(**{**MODEL, **overrides})
     for conv in module.model.modules():
         if isinstance(conv, nn.Conv2d) and conv.out_channels % 18 == 0 and conv.weight.abs().sum() == 0:
             nn.init.normal_(conv.weight, std=0.05)

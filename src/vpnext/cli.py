@@ -79,6 +79,7 @@ EXTRA_COMMANDS: dict[str, str] = {
     "sweep": "vpnext.tools.sweep:main",
     "report": "vpnext.tools.report:main",
     "export": "vpnext.tools.export:main",
+    "context-maps": "vpnext.tools.context_maps:main",
 }
 #: ``vpnext predict --ckpt_path C INPUT...`` (files and folders in, label PNGs and overlays out).
 IMAGE_PREDICT = "vpnext.inference.predict:main"
