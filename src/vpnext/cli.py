@@ -591,7 +591,7 @@ def _run_callbacks(
     )
     callbacks: list[Callback] = [
         JobRecorder(),
-        ResultsWriter(dirpath=str(run_dir), config_path=str(run_dir / "config.yaml"), experiment=name)
+        ResultsWriter(dirpath=str(run_dir), config_path=str(run_dir / "config.yaml"), experiment=name),
     ]
     # Every subcommand gets the checkpoint callback: validating a fit checkpoint without it makes
     # Lightning warn that the callbacks that wrote the checkpoint are missing.
