@@ -59,6 +59,20 @@ def _zero(logits: Tensor) -> Tensor:
     return logits.sum() * 0.0
 
 
+def _class_masks(target: Tensor, valid: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
+    """``(weight, masks)``: valid pixels (B, 1, H, W) and one binary mask per class (B, K, H, W),
+    zero on ignored pixels."""
+    weight = valid.unsqueeze(1).float()
+    masks = F.one_hot(target.masked_fill(~valid, 0).long(), num_classes).permute(0, 3, 1, 2) * weight
+    return weight, masks
+
+
+def _dice(probs: Tensor, masks: Tensor) -> Tensor:
+    """Per image and class (B, K): ``1 - (2 sum(p t) + s) / (sum(p) + sum(t) + s)`` over the pixels."""
+    inter = (probs * masks).sum(dim=(2, 3))
+    return 1.0 - (2.0 * inter + DICE_SMOOTH) / (probs.sum(dim=(2, 3)) + masks.sum(dim=(2, 3)) + DICE_SMOOTH)
+
+
 def mask_all_loss(
     logits: Tensor,
     target: Tensor,
@@ -108,11 +122,8 @@ def mask_all_loss(
     focal = sigmoid_focal_loss(pixel_logits, pixel_masks, alpha=alpha, gamma=gamma, reduction="sum")
     focal = focal / pixel_logits.numel()
 
-    weight = valid.unsqueeze(1).float()  # (B, 1, H, W)
-    probs = logits32.sigmoid() * weight
-    masks = F.one_hot(target.masked_fill(~valid, 0).long(), num_classes).permute(0, 3, 1, 2) * weight
-    inter = (probs * masks).sum(dim=(2, 3))
-    dice = 1.0 - (2.0 * inter + DICE_SMOOTH) / (probs.sum(dim=(2, 3)) + masks.sum(dim=(2, 3)) + DICE_SMOOTH)
+    weight, masks = _class_masks(target, valid, num_classes)
+    dice = _dice(logits32.sigmoid() * weight, masks)
     has_valid = valid.flatten(1).any(dim=1)
     dice = dice.mean(dim=1)[has_valid].mean()
 
@@ -159,19 +170,14 @@ def mask_loss(
         return _zero(logits)
     num_classes = logits.shape[1]
     logits32 = logits.float()
-    weight = valid.unsqueeze(1).float()  # (B, 1, H, W)
-    masks = F.one_hot(target.masked_fill(~valid, 0).long(), num_classes).permute(0, 3, 1, 2) * weight
-    present = masks.flatten(2).sum(2) > 0  # (B, K)
+    weight, masks = _class_masks(target, valid, num_classes)
+    present = masks.sum(dim=(2, 3)) > 0  # (B, K)
     has_valid = valid.flatten(1).any(1)  # (B,)
     num_valid = weight.flatten(1).sum(1).clamp(min=1)  # (B,)
 
     focal = sigmoid_focal_loss(logits32, masks, alpha=alpha, gamma=gamma, reduction="none")
     focal = (focal * weight).flatten(2).sum(2) / num_valid[:, None]  # (B, K) mean over valid pixels
-    probs = logits32.sigmoid() * weight
-    inter = (probs * masks).flatten(2).sum(2)
-    dice = 1.0 - (2.0 * inter + DICE_SMOOTH) / (
-        probs.flatten(2).sum(2) + masks.flatten(2).sum(2) + DICE_SMOOTH
-    )
+    dice = _dice(logits32.sigmoid() * weight, masks)
     per_mask = focal_weight * focal + dice_weight * dice
     mask_term = per_mask[present].sum() / present.sum()
 
