@@ -12,6 +12,7 @@ from PIL import Image
 
 from tests.test_cli import SMALL_RUN_ARGS, only_run_dir
 from vpnext.cli import main
+from vpnext.data.synthetic import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE
 from vpnext.evaluation import jaccard_index
 from vpnext.inference import Segmenter, to_rgb
 from vpnext.training.checkpointing import CorruptCheckpointError
@@ -123,6 +124,29 @@ def test_evaluation_overrides(trained: dict[str, Path], segmenter: Segmenter) ->
     assert whole.protocol["window"] == "whole"
     with pytest.raises(ValueError, match="eval_mod"):
         Segmenter.from_checkpoint(trained["ckpt"], eval_mod="ms_flip")
+
+
+def test_class_names_and_palette_come_from_the_checkpoint(trained: dict[str, Path], tmp_path: Path) -> None:
+    checkpoint = torch.load(trained["ckpt"], map_location="cpu", weights_only=True)
+    assert checkpoint["classes"] == {
+        "names": list(SYNTHETIC_CLASSES),
+        "palette": [list(rgb) for rgb in SYNTHETIC_PALETTE],
+    }
+    # A checkpoint keeps its own classes even when the dataset's spec says otherwise today.
+    k = len(SYNTHETIC_CLASSES)
+    checkpoint["classes"] = {
+        "names": [f"c{i}" for i in range(k)],
+        "palette": [[i, 2 * i, 3 * i] for i in range(k)],
+    }
+    torch.save(checkpoint, tmp_path / "renamed.ckpt")
+    renamed = Segmenter.from_checkpoint(tmp_path / "renamed.ckpt")
+    assert renamed.class_names == tuple(f"c{i}" for i in range(k))
+    assert renamed.palette == tuple((i, 2 * i, 3 * i) for i in range(k))
+    # Checkpoints written before the classes were saved fall back to the dataset spec.
+    del checkpoint["classes"]
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    old = Segmenter.from_checkpoint(tmp_path / "old.ckpt")
+    assert old.class_names == SYNTHETIC_CLASSES and old.palette == SYNTHETIC_PALETTE
 
 
 def test_files_that_are_not_vpnext_checkpoints(tmp_path: Path) -> None:

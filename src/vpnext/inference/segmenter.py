@@ -27,12 +27,11 @@ from torch import Tensor
 
 from vpnext.data.catalog import DatasetSpec
 from vpnext.data.datamodule import SegDataModule
-from vpnext.data.transforms import build_eval_transform
 from vpnext.evaluation import apply_protocol, resize_to, resolve_eval_protocol
 from vpnext.inference.images import ImageInput, to_rgb
 from vpnext.models import VPNeXt
 from vpnext.training.checkpointing import CorruptCheckpointError, safe_load
-from vpnext.training.module import MODEL_ARGS
+from vpnext.training.module import CLASSES_KEY, MODEL_ARGS
 
 __all__ = ["EVAL_ARGS", "Segmenter"]
 
@@ -53,15 +52,31 @@ class Segmenter:
             sliding window, class names, palette); nothing is read from the dataset's files.
         protocol: The resolved protocol (:func:`vpnext.evaluation.resolve_eval_protocol`).
         device: Where the model runs.
+        classes: Class names and palette saved in the checkpoint (``{"names": [...], "palette":
+            [[r, g, b], ...]}``); ``None`` (checkpoints written before they were saved) takes them
+            from ``data``'s dataset spec.
     """
 
     def __init__(
-        self, model: VPNeXt, data: SegDataModule, protocol: dict[str, Any], device: str | torch.device = "cpu"
+        self,
+        model: VPNeXt,
+        data: SegDataModule,
+        protocol: dict[str, Any],
+        device: str | torch.device = "cpu",
+        classes: dict[str, Any] | None = None,
     ) -> None:
         self.device = torch.device(device)
+        self._names = tuple(str(n) for n in data.class_names)
+        self._palette = tuple(tuple(int(c) for c in rgb) for rgb in data.palette)
+        if classes and len(classes.get("names") or []) == model.num_classes:
+            self._names = tuple(str(n) for n in classes["names"])
+        if classes and len(classes.get("palette") or []) == model.num_classes:
+            self._palette = tuple(tuple(int(c) for c in rgb) for rgb in classes["palette"])
         self.model = model.eval().to(self.device)
         self.data = data
         self.protocol = protocol
+        from vpnext.data.transforms import build_eval_transform  # albumentations: only when used
+
         self._transform = build_eval_transform(data.test_scale, mean=data.mean, std=data.std)  # type: ignore[arg-type]
 
     @classmethod
@@ -114,7 +129,7 @@ class Segmenter:
             data_crop=data.slide_crop,
             data_stride=data.slide_stride,
         )
-        return cls(model, data, protocol, device)
+        return cls(model, data, protocol, device, classes=checkpoint.get(CLASSES_KEY))
 
     # ---- what the model knows -----------------------------------------------------------------
     @property
@@ -124,13 +139,13 @@ class Segmenter:
 
     @property
     def class_names(self) -> tuple[str, ...]:
-        """Class names in train-id order."""
-        return tuple(self.data.class_names)
+        """Class names in train-id order (the checkpoint's; the dataset spec's for older ones)."""
+        return self._names
 
     @property
     def palette(self) -> tuple[tuple[int, int, int], ...]:
-        """One RGB colour per class (the dataset's)."""
-        return tuple(tuple(int(c) for c in rgb) for rgb in self.data.palette)  # type: ignore[misc]
+        """One RGB colour per class (the checkpoint's; the dataset spec's for older ones)."""
+        return self._palette  # type: ignore[return-value]
 
     @property
     def spec(self) -> DatasetSpec:

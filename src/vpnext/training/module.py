@@ -47,11 +47,13 @@ from vpnext.models.presets import DecoderPreset
 from vpnext.models.vpnext import AuxMode, DeformImpl, HeadMode, UpsamplerMode
 from vpnext.training.optim import build_optimizer, build_scheduler
 
-__all__ = ["MODEL_ARGS", "SegmentationModule"]
+__all__ = ["CLASSES_KEY", "MODEL_ARGS", "SegmentationModule"]
 
 #: The constructor arguments passed through to :class:`~vpnext.models.VPNeXt` (the ablation switches),
 #: read off its signature so that the two cannot drift apart.
 MODEL_ARGS = tuple(inspect.signature(VPNeXt).parameters)
+#: Checkpoint entry with the class names and palette (``{"names": [...], "palette": [[r, g, b], ...]}``).
+CLASSES_KEY = "classes"
 
 _STAGE_PREFIX = {"validate": "val", "test": "test"}
 
@@ -173,6 +175,8 @@ class SegmentationModule(L.LightningModule):
         self.test_images = ImageTally()
         #: Last completed evaluation per split ("val", "test"): mIoU, per-class IoU, step, image counts.
         self.evaluation_results: dict[str, dict[str, Any]] = {}
+        #: Optimiser step of the checkpoint the weights came from (validate/test/predict report it).
+        self.checkpoint_step = 0
 
     # ---- model facts other tools read -----------------------------------------------------------
     @property
@@ -188,6 +192,24 @@ class SegmentationModule(L.LightningModule):
         if names is not None and len(names) == self.hparams.num_classes:
             return [str(n) for n in names]
         return [f"class_{i}" for i in range(self.hparams.num_classes)]
+
+    @property
+    def trained_steps(self) -> int:
+        """Optimiser steps behind the current weights: the trainer's in a fit, else the checkpoint's."""
+        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+        return int(self.global_step) if fitting else max(int(self.global_step), self.checkpoint_step)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store the class names and palette, so inference needs no dataset spec to name classes."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        palette = getattr(datamodule, "palette", None)
+        checkpoint[CLASSES_KEY] = {
+            "names": self.class_names,
+            "palette": None if palette is None else [[int(c) for c in rgb] for rgb in palette],
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.checkpoint_step = int(checkpoint.get("global_step", 0))
 
     def eval_protocol(self) -> dict[str, Any]:
         """The resolved test-time protocol: mode, window (whole/slide), crop, stride, scales.
@@ -311,7 +333,7 @@ class SegmentationModule(L.LightningModule):
             self.evaluation_results[split] = {
                 "mIoU": miou,
                 "per_class_iou": {n: (None if math.isnan(v) else v) for n, v in values.items()},
-                "step": int(self.global_step),
+                "step": self.trained_steps,
                 "confusion_matrix": confusion,
                 **images,
                 **flags,
