@@ -282,3 +282,46 @@ def test_plot_shows_every_seed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     out = report.plot_hiclr_depth(tables, tmp_path / "plot.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [(x, round(y, 6)) for x, y in sorted(points)] == [(0, 40.0), (0, 44.0), (3, 42.0), (3, 46.0)]
+
+
+def write_evaluation(root: Path, name: str, miou: float, checkpoint: Path, stage: str = "validate") -> Path:
+    """A ``vpnext validate``/``test`` run of ``checkpoint`` (same switches as the run it evaluated)."""
+    folder = write_run(root, name, miou)
+    record = json.loads((folder / "results.json").read_text())
+    record.update(stage=stage, split="val" if stage == "validate" else "test", optimizer_steps=0)
+    record.update(evaluated_at_step=30, checkpoint={"evaluated": str(checkpoint), "best": None, "last": None})
+    (folder / "results.json").write_text(json.dumps(record))
+    return folder
+
+
+def test_evaluations_are_attached_to_their_training_run_never_counted_as_one(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    trained = write_run(root, "exp/1_fit", 0.4444)
+    write_evaluation(root, "exp/2_validate", 0.1111, trained / "checkpoints" / "last.ckpt")
+    write_evaluation(root, "exp/3_test", 0.2222, trained / "checkpoints" / "best.ckpt", stage="test")
+    write_evaluation(root, "exp/4_validate", 0.3333, tmp_path / "elsewhere" / "checkpoints" / "last.ckpt")
+    markdown, _ = report.render_report(root)
+    assert table_rows(markdown, "Table I")[3] == "|  | 2 | 44.44 | – | – | 68.83 |"  # the fit's, alone
+    assert [line.rsplit("|", 2)[-2].strip() for line in table_rows(markdown, "All runs")] == ["`exp/1_fit`"]
+    assert table_rows(markdown, "Evaluations of checkpoints") == [
+        "| `exp/1_fit` | best.ckpt | 30 | test | test | 22.22 | `exp/3_test` |",
+        "| `exp/1_fit` | last.ckpt | 30 | validate | val | 11.11 | `exp/2_validate` |",
+        "| not under this folder | last.ckpt | 30 | validate | val | 33.33 | `exp/4_validate` |",
+    ]
+
+
+def test_folder_without_a_finished_training_run_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert report.main([str(empty)]) == 1
+    assert capsys.readouterr().err.startswith(f"vpnext report: error: no finished training run under {empty}")
+    assert not (empty / "tables.md").exists()
+    # Only an evaluation and a run that never finished: still no training run to report.
+    write_evaluation(tmp_path / "mixed", "a_validate", 0.3, tmp_path / "x" / "checkpoints" / "last.ckpt")
+    (tmp_path / "mixed" / "b_fit").mkdir()
+    (tmp_path / "mixed" / "b_fit" / "config.yaml").write_text("model: {}\n")
+    assert report.main([str(tmp_path / "mixed")]) == 1
+    err = capsys.readouterr().err
+    assert "found 1 incomplete run(s) and 1 evaluation(s) of checkpoints" in err

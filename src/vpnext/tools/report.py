@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vpnext.tools.evaluations import EVALUATION_STAGES, Evaluation, evaluations_section, load_evaluations
 from vpnext.tools.seeds import SeedGroup, paired
 
 __all__ = ["Run", "load_flops", "load_runs", "main", "render_report"]
@@ -79,12 +80,18 @@ class Run:
 
 
 def load_runs(runs_dir: str | Path, metric: str = "mIoU", split: str = "val") -> list[Run]:
-    """All runs under ``runs_dir`` evaluated on ``split`` (``results.json`` files, any depth)."""
+    """All training runs under ``runs_dir`` evaluated on ``split`` (``results.json`` files, any depth).
+
+    ``validate``/``test`` runs are evaluations of a training run's checkpoint, not runs of their
+    own: they are left to :func:`load_checkpoint_evaluations`.
+    """
     runs = []
     for path in sorted(Path(runs_dir).rglob(RESULTS_FILE)):
         record = _read_record(path)
         if record is None or record.get("split") != split or not isinstance(record.get("model"), dict):
             continue  # unreadable files are counted by incomplete_runs
+        if record.get("stage", "fit") in EVALUATION_STAGES:
+            continue
         data = record.get("data") or {}
         setting = (
             ("dataset", data.get("dataset")),
@@ -114,6 +121,16 @@ def load_runs(runs_dir: str | Path, metric: str = "mIoU", split: str = "val") ->
             )
         )
     return runs
+
+
+def load_checkpoint_evaluations(runs_dir: str | Path) -> list[Evaluation]:
+    """Every ``vpnext validate``/``test`` run under ``runs_dir``."""
+    records = []
+    for path in sorted(Path(runs_dir).rglob(RESULTS_FILE)):
+        record = _read_record(path)
+        if record is not None:
+            records.append((path, record, coverage(record)[0]))
+    return load_evaluations(records)
 
 
 def _read_record(path: Path) -> dict[str, Any] | None:
@@ -532,7 +549,9 @@ def render_report(
             _miou_section("Table II: ablation on ViTUp" + suffix, "Num# HiCLR layers", table2, notes2)
         )
     sections += [_paired_section(tables), _flops_section(load_flops(root)), _all_runs_section(runs, root)]
-    return "\n\n".join(sections) + "\n", tables
+    training_runs = [r.path.parent for r in runs]
+    sections.append(evaluations_section(load_checkpoint_evaluations(root), training_runs, root))
+    return "\n\n".join(s for s in sections if s) + "\n", tables
 
 
 def plot_hiclr_depth(tables: dict[str, dict[str, dict[RowKey, RowRuns]]], out: Path) -> Path:
@@ -609,6 +628,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = Path(options.runs_dir)
     if not root.is_dir():
         parser.error(f"{root} is not a folder")
+    if not load_runs(root, options.metric):
+        ignored = incomplete_runs(root)
+        evaluations = load_checkpoint_evaluations(root)
+        found = [f"{len(ignored)} incomplete run(s)"] if ignored else []
+        found += [f"{len(evaluations)} evaluation(s) of checkpoints"] if evaluations else []
+        print(
+            f"vpnext report: error: no finished training run under {root} (no results.json of a "
+            f"`vpnext fit`{'; found ' + ' and '.join(found) if found else ''}); nothing written",
+            file=sys.stderr,
+        )
+        return 1
     out = Path(options.out) if options.out else root
     out.mkdir(parents=True, exist_ok=True)
     markdown, tables = render_report(root, options.metric)
