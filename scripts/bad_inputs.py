@@ -509,7 +509,13 @@ def run_case(case: Case, work: Path) -> Outcome:
     text = err.getvalue()
     for folder in {str(work.resolve()), str(work)}:  # report paths relative to the case's folder
         text = text.replace(folder + os.sep, "").replace(folder, ".")
-    lines = [line for line in text.splitlines() if line.startswith("vpnext")]
+    # The lines naming a run's folder when it starts and ends (and how to resume or evaluate it)
+    # come before any error the run meets later; they are not a second error line.
+    announced = re.compile(
+        r"vpnext: ((fit|validate|test|predict) (starts|resumes|finished)"
+        r"|(resume with|evaluate with|results|predictions):)"
+    )
+    lines = [line for line in text.splitlines() if line.startswith("vpnext") and not announced.match(line)]
     return Outcome(case, code, lines, "Traceback (most recent call last)" in text, leftovers)
 
 

@@ -117,7 +117,7 @@ def test_corrupt_checkpoint_is_one_line(
         safe_load(bad)
     args = ["validate", *SMALL_RUN_ARGS, f"--data.root={data}", f"--run.root={tmp_path / 'runs'}"]
     assert main([*args, "--ckpt_path", str(bad)]) == 1
-    assert f"{bad}: not a readable checkpoint" in _one_error_line(capfd)
+    assert f"not a checkpoint: {bad} (" in _one_error_line(capfd)
 
 
 def test_kill_during_a_checkpoint_write_keeps_the_previous_file(tmp_path: Path) -> None:

@@ -28,7 +28,6 @@ from vpnext.data.datasets import DATASET_CLASSES, ImageFolderDataset
 from vpnext.data.errors import DatasetError
 from vpnext.data.resume import EpochSeededDataset, ResumableSampler
 from vpnext.data.sampling import EvalDistributedSampler
-from vpnext.data.transforms import IMAGENET_MEAN, IMAGENET_STD, build_eval_transform, build_train_transform
 from vpnext.models.backbone import backbone_normalization
 
 
@@ -189,6 +188,8 @@ class SegDataModule(L.LightningDataModule):
 
     @functools.cached_property
     def _normalization(self) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+        from vpnext.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
         hp = self.hparams
         default = (IMAGENET_MEAN, IMAGENET_STD)
         if hp.normalize_for is not None and (hp.mean is None or hp.std is None):
@@ -256,6 +257,9 @@ class SegDataModule(L.LightningDataModule):
             self._ensure_root()
 
     def _make(self, split: str, train: bool) -> SegmentationDataset:
+        # albumentations is imported here, not with the module: `vpnext fit --help` needs no transform.
+        from vpnext.data.transforms import build_eval_transform, build_train_transform
+
         hp = self.hparams
         if train:
             transform = build_train_transform(
@@ -296,6 +300,8 @@ class SegDataModule(L.LightningDataModule):
             self.test_set = self._make(hp.test_split or self.spec.test_split, train=False)
         if stage in ("predict", None) and self.predict_set is None:
             if hp.predict_dir is not None:
+                from vpnext.data.transforms import build_eval_transform
+
                 transform = build_eval_transform(self._test_scale, mean=self.mean, std=self.std)  # type: ignore[arg-type]
                 self.predict_set = ImageFolderDataset(hp.predict_dir, self.spec, transform)
             else:

@@ -80,7 +80,16 @@ class CheckpointWriteError(Exception):
 
 
 class CorruptCheckpointError(Exception):
-    """A checkpoint or weights file that cannot be read (truncated, empty, not a checkpoint)."""
+    """A checkpoint or weights file that cannot be read (truncated, empty, not a checkpoint).
+
+    Args:
+        message: The whole message (it names the file).
+        reason: Why the file could not be read, without the file name (default: ``message``).
+    """
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or message
 
 
 def safe_load(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -> Any:
@@ -100,18 +109,25 @@ def safe_load(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -
     except pickle.UnpicklingError as err:
         found = re.search(r"GLOBAL (\S+)", str(err))
         if found is None:
-            raise CorruptCheckpointError(f"{path}: not a readable checkpoint ({_last_line(err)})") from None
+            reason = _last_line(err)
+            raise CorruptCheckpointError(f"{path}: not a readable checkpoint ({reason})", reason) from None
         raise UnsafeCheckpointError(
             f"{path}: refused: the file carries a pickled Python object ({found.group(1)}), not only "
             "tensors; vpnext loads weights_only and ran nothing from it"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise CorruptCheckpointError(f"{path}: not a readable checkpoint ({_last_line(err)})") from None
+    except Exception as err:  # torch's readers fail in many ways on foreign bytes (KeyError, ...)
+        reason = _last_line(err)
+        if not isinstance(err, (RuntimeError, OSError, ValueError, EOFError)):
+            reason = f"{type(err).__name__}: {reason}"  # e.g. "KeyError: 101" rather than "101"
+        raise CorruptCheckpointError(f"{path}: not a readable checkpoint ({reason})", reason) from None
 
 
 def _last_line(err: BaseException) -> str:
     parts = [p.strip() for p in str(err).split("\n\n") if p.strip() and "documentation" not in p]
     text = parts[-1] if parts else type(err).__name__
+    # torch's zip reader appends a paragraph of advice to the reason; keep the reason.
+    text, advice, _ = text.partition(" This is an internal miniz error")
+    text = text.rstrip(".") if advice else text
     return " ".join(text.split())[:200]
 
 
@@ -454,11 +470,15 @@ def _step_of(row: dict[str, str]) -> float:
 
 
 # ---- weights from other runs ---------------------------------------------------------------------
-def check_weights_file(path: str | Path) -> None:
+def check_weights_file(path: str | Path) -> Any:
     """Open a weights file the way it will be loaded and refuse it if it is unsafe or unreadable.
 
     ``.safetensors`` files are read with safetensors (which holds no code); everything else
     through :func:`safe_load`.
+
+    Returns:
+        What :func:`safe_load` read (memory-mapped where the format allows); ``None`` for
+        ``.safetensors`` and ``.npz`` files.
 
     Raises:
         UnsafeCheckpointError: A pickled payload.
@@ -466,7 +486,7 @@ def check_weights_file(path: str | Path) -> None:
     """
     path = Path(path)
     if path.suffix == ".npz":  # numpy archives (timm's JAX weights) are read with allow_pickle=False
-        return
+        return None
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
@@ -477,11 +497,11 @@ def check_weights_file(path: str | Path) -> None:
             raise CorruptCheckpointError(
                 f"{path}: not a readable safetensors file ({_last_line(err)})"
             ) from None
-        return
+        return None
     try:
-        safe_load(path, mmap=True)
+        return safe_load(path, mmap=True)
     except CorruptCheckpointError:
-        safe_load(path)  # files in torch's legacy (non-zip) format cannot be memory-mapped
+        return safe_load(path)  # files in torch's legacy (non-zip) format cannot be memory-mapped
 
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:

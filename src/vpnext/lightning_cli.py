@@ -1,0 +1,594 @@
+"""``vpnext fit|validate|test|predict``: LightningCLI for the segmentation module, one directory per run.
+
+Imported by :func:`vpnext.cli.main` only for these four commands, so that ``vpnext --help``,
+``--version`` and the other tools start without Lightning. Every constructor argument of
+:class:`~vpnext.training.SegmentationModule`, :class:`~vpnext.data.SegDataModule` and the
+Trainer is a ``--model.*``/``--data.*``/``--trainer.*`` option or a YAML key; flags are matched
+exactly (no prefixes) and an unknown one gets "did you mean" suggestions.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import warnings
+from argparse import ArgumentError
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from jsonargparse import Namespace
+from lightning.fabric.plugins import CheckpointIO
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+
+from vpnext.cli import close_words, did_you_mean
+from vpnext.data import SegDataModule
+from vpnext.run_dir import (
+    RUN_DIR_ENV,
+    InitOptions,
+    RunOptions,
+    UserError,
+    evaluate_command,
+    experiment_name,
+    find_last_checkpoint,
+    global_rank_from_env,
+    is_launching_process,
+    resolve_run_dir,
+    resume_command,
+)
+from vpnext.training import (
+    MODEL_ARGS,
+    PredictionWriter,
+    ResultsWriter,
+    SegmentationModule,
+)
+from vpnext.training.checkpointing import (
+    JOB,
+    PREEMPTED_EXIT_CODE,
+    CorruptCheckpointError,
+    JobRecorder,
+    LastCheckpoint,
+    NonFiniteLossGuard,
+    Preempted,
+    PreemptionCheckpoint,
+    ResumedCSVLog,
+    RNGStateCheckpoint,
+    SafeCheckpointIO,
+    check_backbone_weights,
+    check_weights_file,
+    describe_mismatch,
+    load_state_dict_file,
+    load_weights,
+    read_csv_rows,
+    state_dict_mismatch,
+)
+from vpnext.training.pictures import ValidationPictures
+from vpnext.training.progress import progress_bar
+
+__all__ = ["VPNeXtCLI", "run"]
+#: Model arguments a checkpoint fixes (they shape the weights); ``num_classes`` and ``img_size``
+#: come from the data through the links.
+ARCHITECTURE_ARGS = tuple(a for a in MODEL_ARGS if a not in ("num_classes", "img_size", "pretrained"))
+#: Checkpoint path keywords Lightning resolves itself (not files).
+_CKPT_KEYWORDS = {"best", "last", "hpc", "registry"}
+
+
+class RunConfigCallback(SaveConfigCallback):
+    """Saves the parsed configuration as ``<run dir>/config.yaml``.
+
+    The run directory (``trainer.default_root_dir``) is fresh for every run, so the file never
+    overwrites another run's, whichever logger comes first.
+    """
+
+    def __init__(self, parser: LightningArgumentParser, config: Namespace, **kwargs: Any) -> None:
+        kwargs["save_to_log_dir"] = False
+        super().__init__(parser, config, **kwargs)
+
+    def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        path = Path(trainer.default_root_dir) / self.config_filename
+        if path.exists() and not self.overwrite:
+            raise UserError(f"{path} already exists; every run needs its own run.dir")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        config = self.config.clone()
+        if stage == "fit":
+            # A fit's config describes the run, not where it was resumed from: evaluating it with
+            # `vpnext test --config RUN/config.yaml` must not pick up that checkpoint.
+            config.ckpt_path = None
+        # The run directory is the Trainer's root here; the saved config keeps run.root instead,
+        # so that `--config RUN/config.yaml` starts a new run next to this one, not inside it.
+        config.trainer.default_root_dir = None
+        self.parser.save(
+            config, str(path), skip_none=False, overwrite=self.overwrite, multifile=self.multifile
+        )
+
+
+class AnnounceStart(Callback):
+    """Calls ``announce("start")`` once the data is set up (Lightning's ``setup`` hook).
+
+    A run that stops at a bad input before that ends with its error line alone.
+    """
+
+    def __init__(self, announce: Callable[[Literal["start", "end"]], None]) -> None:
+        self.announce = announce
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.announce("start")
+
+
+class VPNeXtCLI(LightningCLI):
+    """LightningCLI for :class:`SegmentationModule` on :class:`SegDataModule`, one directory per run.
+
+    ``data.num_classes`` and ``data.crop_size`` are linked to ``model.num_classes`` and
+    ``model.img_size``; a fixed data-module class keeps dataset options flat (``--data.dataset``).
+
+    Args:
+        args: Command-line arguments (without the program name); ``None`` reads ``sys.argv``.
+        epilog: Text shown at the end of ``--help``.
+    """
+
+    def __init__(self, args: list[str] | None = None, epilog: str | None = None) -> None:
+        super().__init__(
+            model_class=SegmentationModule,
+            datamodule_class=SegDataModule,
+            save_config_callback=RunConfigCallback,
+            trainer_defaults={"logger": _default_loggers()},
+            seed_everything_default=0,
+            parser_kwargs=_parser_kwargs(epilog),
+            auto_configure_optimizers=False,
+            args=args,
+        )
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        #: The command line as given (for the messages that name flags).
+        self.words = list(sys.argv[1:] if args is None else args)
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as err:
+            raise ArgumentError(None, self._with_suggestions(str(err))) from None
+        # Before seeding and logging start, so that a wrong path is the only line printed.
+        subcommand = self.config.get("subcommand")
+        self.resuming = False
+        if subcommand:
+            config = self.config[subcommand]
+            _check_inputs(config)
+            _fold_root_dir(config)
+            config.run.name = experiment_name(config.run, config.get("config"))
+            if str(config.get("ckpt_path")) == "last" and not os.environ.get(RUN_DIR_ENV):
+                # Lightning's own "last" looks only in this (new) run's folder: it finds nothing
+                # and would silently start over.
+                config.ckpt_path = str(find_last_checkpoint(config.run, config.run.name))
+                self.resuming = subcommand == "fit"
+            elif str(config.get("ckpt_path")) == "last":  # a DDP rank started by Lightning
+                config.ckpt_path = str(Path(os.environ[RUN_DIR_ENV]) / "checkpoints" / "last.ckpt")
+                self.resuming = subcommand == "fit"
+            if self.resuming:  # continue in the interrupted run's folder
+                self.run_dir = Path(config.ckpt_path).parent.parent
+            else:
+                self.run_dir = resolve_run_dir(config.run, config.run.name, subcommand)
+            os.environ[RUN_DIR_ENV] = str(self.run_dir)
+
+    def _with_suggestions(self, message: str) -> str:
+        """An "unrecognized arguments" message with the subcommand's closest options."""
+        words = self.words
+        sub = self._subcommand_parsers.get(words[0]) if words else None
+        head, found, unknown = message.partition("unrecognized arguments: ")
+        if sub is None or not found:
+            return message
+        options = [o for o in sub._option_string_actions if o.startswith("--")]
+        flags = [word.split("=", 1)[0] for word in unknown.split() if word.startswith("--")]
+        hints = [f"{flag}{_suggest(flag, options)}" for flag in flags]
+        return f"{head}unrecognized arguments: {' '.join(hints) or unknown}"
+
+    def _parse_ckpt_path(self) -> None:
+        """Take the network's architecture from ``ckpt_path``, and nothing else.
+
+        Lightning's default replaces *every* model argument with the checkpoint's, which would
+        silently drop e.g. ``vpnext validate --ckpt_path X --model.eval_mode=ms_flip``. Here the
+        checkpoint only fixes the arguments that shape the weights; evaluation, loss and optimiser
+        arguments stay as configured. ``pretrained`` is switched off: the weights come from the
+        checkpoint, so the original backbone file or a download is not needed.
+        """
+        subcommand = self.config.get("subcommand")
+        ckpt = self.config[subcommand].get("ckpt_path") if subcommand else None
+        self.ckpt_num_classes = None
+        self.ckpt_step = 0
+        if not ckpt or not Path(str(ckpt)).is_file():
+            return
+        checkpoint = read_checkpoint(Path(str(ckpt)))
+        self.ckpt_step = int(checkpoint.get("global_step", 0))
+        hparams = checkpoint.get("hyper_parameters", {})
+        self.ckpt_num_classes = hparams.get("num_classes")
+        architecture = {k: hparams[k] for k in ARCHITECTURE_ARGS if k in hparams}
+        if is_launching_process():
+            configured = self.config[subcommand].model
+            for flag, name in _model_flags(self.words):
+                if name in architecture and _plain(configured.get(name)) != _plain(architecture[name]):
+                    print(
+                        f"vpnext: warning: {flag}={_plain(configured.get(name))} ignored: the checkpoint "
+                        f"fixes the architecture and has {name}={_plain(architecture[name])} ({ckpt})",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+        architecture["pretrained"] = False
+        self.config = self.parser.parse_object({subcommand: {"model": architecture}}, self.config)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_class_arguments(RunOptions, "run")
+        parser.add_class_arguments(InitOptions, "init")
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.crop_size", "model.img_size", apply_on="instantiate")
+        # The input normalisation follows the backbone's weights unless data.mean/std are given.
+        parser.link_arguments("model.backbone", "data.normalize_for")
+
+    def before_instantiate_classes(self) -> None:
+        subcommand = str(self.subcommand)
+        config = self.config[subcommand]
+        run_dir, name = self.run_dir, config.run.name
+        # The saved config names the experiment, not the folder, so rerunning it starts a new run.
+        config.run.dir = None
+        config.trainer.default_root_dir = str(run_dir)
+        config.trainer.logger = _place_loggers(config.trainer.logger, run_dir, name)
+        ckpt = config.get("ckpt_path")
+        # Outside fit nothing is saved; pointing the checkpoint callbacks at the folder the
+        # checkpoint came from lets Lightning restore their state without a "dirpath changed" warning.
+        ckpt_dir = (
+            Path(str(ckpt)).parent if subcommand != "fit" and ckpt and Path(str(ckpt)).is_file() else None
+        )
+        self.trainer_defaults["callbacks"] = _run_callbacks(
+            run_dir, name, subcommand, ckpt_dir, config.run.ckpt_every_n_steps, config.run.ckpt_every_minutes
+        )
+        if subcommand in ("fit", "validate", "test") and config.run.pictures > 0:
+            self.trainer_defaults["callbacks"].append(
+                ValidationPictures(config.run.pictures, str(run_dir / "pictures"))
+            )
+        self.trainer_defaults["callbacks"].append(AnnounceStart(self.announce))
+        if _wants_progress_bar(config.trainer):
+            self.trainer_defaults["callbacks"].append(progress_bar(config.run.progress_every))
+        if self.resuming:
+            self.save_config_kwargs["overwrite"] = True  # the run's own config.yaml, rewritten
+            # Read before the CSV logger starts (it deletes the file); written back by rank 0.
+            rows = read_csv_rows(run_dir / "metrics.csv")
+            self.trainer_defaults["callbacks"].append(ResumedCSVLog(rows, self.ckpt_step))
+
+    def announce(self, moment: Literal["start", "end"]) -> None:
+        """Print the run directory and the command that resumes (fit) or evaluates it (stderr).
+
+        Printed by the process the user started, when the run starts and when it ends, so that
+        a log file (nohup, SLURM, tee) names the folder whatever happens in between.
+        """
+        if not is_launching_process() or global_rank_from_env() != 0:
+            return
+        subcommand = str(self.subcommand)
+        run_dir = self.run_dir
+        ckpt = self.config[subcommand].get("ckpt_path")
+        if moment == "start":
+            what = "resumes" if self.resuming else "starts"
+            source = f" from {ckpt} (step {self.ckpt_step})" if ckpt and subcommand != "fit" else ""
+            lines = [f"{subcommand} {what}{source}; run directory: {run_dir}"]
+        else:
+            lines = [f"{subcommand} finished; run directory: {run_dir}"]
+        if subcommand == "fit":
+            lines.append(f"resume with: {resume_command(self.words, run_dir)}")
+            if moment == "end":
+                lines.append(f"evaluate with: {evaluate_command(run_dir)}")
+        elif subcommand == "predict" and moment == "end":
+            lines.append(f"predictions: {run_dir / 'predictions'}")
+        elif moment == "end":
+            lines.append(f"results: {run_dir / 'results.json'}")
+        print("\n".join(f"vpnext: {line}" for line in lines), file=sys.stderr, flush=True)
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
+        # Atomic checkpoint writes and weights_only loads, Lightning's resume included.
+        plugins = config.get("plugins")
+        plugins = [] if plugins is None else list(plugins) if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins.append(SafeCheckpointIO())
+        config["plugins"] = plugins
+        return super()._instantiate_trainer(config, callbacks)
+
+    def after_instantiate_classes(self) -> None:
+        config = self.config[str(self.subcommand)]
+        ckpt = config.get("ckpt_path")
+        finetune = f"; to fine-tune from its weights use --init.weights {ckpt} --init.strict false instead"
+        data_classes = getattr(self.datamodule, "num_classes", None)
+        if self.ckpt_num_classes is not None and data_classes != self.ckpt_num_classes:
+            raise UserError(
+                f"ckpt_path: {ckpt} was trained for {self.ckpt_num_classes} classes, but the data "
+                f"({self.datamodule.dataset_name!r}) has {data_classes}{finetune}"
+            )
+        if ckpt and Path(str(ckpt)).is_file():
+            # Lightning's strict load would end in a multi-line traceback; name the keys instead.
+            mismatch = state_dict_mismatch(self.model.state_dict(), load_state_dict_file(str(ckpt)))
+            if any(mismatch):
+                raise UserError(
+                    f"ckpt_path: {ckpt} does not fit the model: {describe_mismatch(*mismatch)}{finetune}"
+                )
+        if config.init.weights:
+            if ckpt:
+                raise UserError(
+                    "init.weights and ckpt_path: give one (init.weights starts a new run from weights)"
+                )
+            try:
+                summary = load_weights(self.model, config.init.weights, strict=config.init.strict)
+            except ValueError as err:
+                hint = "--init.strict false loads the matching tensors only"
+                raise UserError(f"init.weights: {err}; {hint}") from None
+            if is_launching_process():
+                print(f"vpnext: init.weights: {summary}", file=sys.stderr, flush=True)
+
+
+def _wants_progress_bar(trainer: Namespace) -> bool:
+    """Whether to add vpnext's progress display: the bar is on and no callback is a progress bar."""
+    if trainer.get("enable_progress_bar") is False:
+        return False
+    callbacks = trainer.get("callbacks") or []
+    callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+    names = [str(getattr(c, "class_path", None) or type(c).__name__) for c in callbacks]
+    return not any(name.endswith("ProgressBar") for name in names)
+
+
+def _model_flags(words: Sequence[str]) -> list[tuple[str, str]]:
+    """``(flag, argument name)`` for each ``--model.NAME`` on a command line."""
+    flags = [word.split("=", 1)[0] for word in words if word.startswith("--model.")]
+    return [(flag, flag[len("--model.") :]) for flag in dict.fromkeys(flags)]
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, so that a YAML list and a Python tuple compare equal."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _suggest(flag: str, options: list[str]) -> str:
+    """ " (did you mean --model.x?)" for an unknown flag, compared by name within its section."""
+    section, dot, name = flag.partition(".")
+    names = {o[len(section) + 1 :]: o for o in options if o.startswith(section + ".")} if dot else {}
+    if not names:
+        return did_you_mean(flag, options)
+    choices = [names[n] for n in close_words(name, list(names))]
+    return f" (did you mean {' or '.join(choices)}?)" if choices else ""
+
+
+def _parser_kwargs(epilog: str | None) -> dict[str, Any]:
+    # exit_on_error=False: parse errors raise, and main() prints them as one line without the
+    # hundred-line usage block. allow_abbrev=False: `--model.hic=2` is an error, not hiclr_depth.
+    common = {"exit_on_error": False, "allow_abbrev": False}
+    kwargs: dict[str, Any] = {"prog": "vpnext", **common}
+    if epilog:
+        kwargs["epilog"] = epilog
+    for subcommand in LightningCLI.subcommands():
+        kwargs[subcommand] = dict(common)
+    return kwargs
+
+
+def _default_loggers() -> list[dict[str, Any]]:
+    """CSV always; TensorBoard when installed. Their folders are set per run."""
+    loggers = [{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "."}}]
+    if any(importlib.util.find_spec(m) is not None for m in ("tensorboard", "tensorboardX")):
+        loggers.append(
+            {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "."}}
+        )
+    return loggers
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A ``vpnext fit`` checkpoint for ``--ckpt_path`` (memory-mapped, ``weights_only``).
+
+    Raises:
+        UserError: ``not a checkpoint: PATH (why)`` for a file that is unreadable or holds no
+            Lightning ``state_dict`` (say, a plain state-dict file).
+        UnsafeCheckpointError: The file carries pickled code.
+    """
+    try:
+        checkpoint = check_weights_file(path)
+    except CorruptCheckpointError as err:
+        raise UserError(f"not a checkpoint: {path} ({err.reason})") from None
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
+        raise UserError(
+            f"not a checkpoint: {path} (no Lightning state_dict; --ckpt_path takes a best.ckpt/last.ckpt "
+            "of vpnext fit, --init.weights a file of weights)"
+        )
+    return checkpoint
+
+
+def _fold_root_dir(config: Namespace) -> None:
+    """Honour ``--trainer.default_root_dir``: it names the folder of the runs, as ``--run.root`` does.
+
+    The Trainer's ``default_root_dir`` becomes the run directory itself (set later). A value that
+    is a run directory (it holds a ``config.yaml``) comes from a config saved by an older vpnext,
+    which stored the run directory there; it is ignored.
+
+    Raises:
+        UserError: ``run.root`` and ``trainer.default_root_dir`` both given, and different.
+    """
+    root_dir = config.trainer.get("default_root_dir")
+    config.trainer.default_root_dir = None
+    if root_dir is None or (Path(root_dir) / "config.yaml").is_file():
+        return
+    if config.run.root != RunOptions.root and Path(config.run.root) != Path(root_dir):
+        raise UserError(
+            f"trainer.default_root_dir={root_dir} and run.root={config.run.root}: give one "
+            "(both name the folder that holds the runs)"
+        )
+    config.run.root = str(root_dir)
+
+
+def _check_inputs(config: Namespace) -> None:
+    """Fail before any folder is created for files that must exist."""
+    ckpt = config.get("ckpt_path")
+    if ckpt and str(ckpt) not in _CKPT_KEYWORDS and not Path(str(ckpt)).is_file():
+        raise UserError(f"ckpt_path: checkpoint file not found: {ckpt}")
+    # Files from others are opened weights_only (no code runs) before anything else happens.
+    if ckpt and Path(str(ckpt)).is_file():
+        read_checkpoint(Path(str(ckpt)))
+    pretrained = config.model.get("pretrained")
+    if isinstance(pretrained, str) and pretrained.lower() not in ("true", "false"):
+        if not Path(pretrained).expanduser().is_file():
+            raise UserError(f"model.pretrained: backbone weights file not found: {pretrained}")
+        check_weights_file(Path(pretrained).expanduser())
+        try:
+            check_backbone_weights(config.model.backbone, Path(pretrained).expanduser())
+        except ValueError as err:
+            raise UserError(f"model.pretrained: {err}") from None
+    init = config.get("init")
+    if init is not None and init.weights:
+        if not Path(init.weights).is_file():
+            raise UserError(f"init.weights: weights file not found: {init.weights}")
+        check_weights_file(init.weights)
+    data = config.data
+    from vpnext.data.datasets import DATASET_CLASSES  # the registry, without building anything
+
+    if data.dataset not in DATASET_CLASSES:
+        known = ", ".join(sorted(DATASET_CLASSES))
+        raise UserError(f"data.dataset: unknown dataset {data.dataset!r}; known: {known}")
+    if data.dataset != "synthetic" and data.root and not Path(data.root).is_dir():
+        raise UserError(f"data.root: dataset root of {data.dataset!r} not found: {data.root}")
+    if data.get("predict_dir") and not Path(data.predict_dir).is_dir():
+        raise UserError(f"data.predict_dir: folder of images to predict not found: {data.predict_dir}")
+    for key, low, inclusive in _RANGES:
+        section, _, name = key.partition(".")
+        value = config[section].get(name) if section in config else None
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if numeric and (value < low or (value == low and not inclusive)):
+            bound = f">= {low}" if inclusive else f"> {low}"
+            raise UserError(f"{key}: must be {bound}, got {value}")
+
+
+#: Numeric options with a lower bound the classes themselves would only report deep inside torch:
+#: (key, bound, bound allowed).
+_RANGES = (
+    ("data.batch_size", 1, True),
+    ("data.val_batch_size", 1, True),
+    ("data.num_workers", 0, True),
+    ("model.lr", 0.0, False),
+    ("model.weight_decay", 0.0, True),
+    ("model.warmup_iters", 0, True),
+    ("trainer.max_epochs", -1, True),
+)
+
+
+def _place_loggers(loggers: Any, run_dir: Path, name: str) -> Any:
+    """Point every configured logger into ``run_dir`` (CSV at its top, TensorBoard in a subfolder)."""
+    if loggers is False or loggers is None:
+        return loggers
+    if loggers is True:
+        loggers = [Namespace(class_path="lightning.pytorch.loggers.CSVLogger", init_args=Namespace())]
+    items = loggers if isinstance(loggers, list) else [loggers]
+    for item in items:
+        if not isinstance(item, Namespace) or "class_path" not in item:
+            continue
+        init = item.get("init_args") or Namespace()
+        kind = item.class_path.rsplit(".", 1)[-1]
+        if kind == "CSVLogger":
+            init.save_dir, init.name, init.version = str(run_dir), "", ""
+        elif kind == "TensorBoardLogger":
+            init.save_dir, init.name, init.version = str(run_dir), "tensorboard", ""
+        elif kind == "WandbLogger":
+            init.save_dir = str(run_dir)
+            init.name = init.get("name") or f"{name}/{run_dir.name}"
+        elif "save_dir" in init:
+            init.save_dir = str(run_dir)
+        item.init_args = init
+    # CSV first: it warns (and deletes metrics.csv) if another logger has already written into the
+    # run directory when it starts.
+    return sorted(items, key=lambda item: getattr(item, "class_path", "").rsplit(".", 1)[-1] != "CSVLogger")
+
+
+def _run_callbacks(
+    run_dir: Path,
+    name: str,
+    subcommand: str,
+    ckpt_dir: Path | None = None,
+    every_n_steps: int | None = None,
+    every_minutes: float | None = None,
+) -> list[Callback]:
+    """Callbacks every run has: checkpoints (best by val/mIoU, latest), lr log, results, predictions.
+
+    Args:
+        run_dir: The run directory.
+        name: Experiment name.
+        subcommand: ``fit``, ``validate``, ``test`` or ``predict``.
+        ckpt_dir: Checkpoint folder to use instead of ``<run_dir>/checkpoints``.
+        every_n_steps: Extra ``last.ckpt`` interval in steps (``run.ckpt_every_n_steps``).
+        every_minutes: Extra ``last.ckpt`` interval in minutes (``run.ckpt_every_minutes``).
+
+    Raises:
+        UserError: Both intervals, or a non-positive one.
+    """
+    if every_n_steps is not None and every_n_steps <= 0:
+        raise UserError(f"run.ckpt_every_n_steps must be a positive number of steps, got {every_n_steps}")
+    if every_minutes is not None and every_minutes <= 0:
+        raise UserError(f"run.ckpt_every_minutes must be positive, got {every_minutes}")
+    if every_n_steps is not None and every_minutes is not None:
+        raise UserError("run.ckpt_every_n_steps and run.ckpt_every_minutes: set one of them, not both")
+    ckpt_dir = ckpt_dir or run_dir / "checkpoints"
+    last = LastCheckpoint(
+        str(ckpt_dir),
+        every_n_train_steps=every_n_steps,
+        train_time_interval=None if every_minutes is None else timedelta(minutes=every_minutes),
+    )
+    callbacks: list[Callback] = [
+        JobRecorder(),
+        ResultsWriter(dirpath=str(run_dir), config_path=str(run_dir / "config.yaml"), experiment=name),
+    ]
+    # Every subcommand gets the checkpoint callback: validating a fit checkpoint without it makes
+    # Lightning warn that the callbacks that wrote the checkpoint are missing.
+    callbacks += [
+        ModelCheckpoint(
+            dirpath=str(ckpt_dir),
+            filename="best",
+            monitor="val/mIoU",
+            mode="max",
+            save_top_k=1,
+            auto_insert_metric_name=False,
+        ),
+        last,
+    ]
+    if subcommand == "fit":
+        callbacks += [
+            LearningRateMonitor(logging_interval="step"),
+            PreemptionCheckpoint(last),
+            RNGStateCheckpoint(),
+            NonFiniteLossGuard(),
+        ]
+    if subcommand == "predict":
+        callbacks.append(PredictionWriter(str(run_dir / "predictions")))
+    return callbacks
+
+
+def run(args: list[str], in_process: bool, epilog: str | None = None) -> int:
+    """Run ``vpnext fit|validate|test|predict ARGS``; returns the exit code.
+
+    Args:
+        args: The command line without the program name.
+        in_process: Called as ``main(argv)`` (tests, notebooks) rather than as the console script.
+        epilog: Text shown at the end of ``--help``.
+
+    Raises:
+        UserError, argparse.ArgumentError: Problems the user can fix (printed by the caller).
+    """
+    JOB.update(rank=0, world_size=1)
+    try:
+        with warnings.catch_warnings():
+            # main(argv) is the explicit in-process API; Lightning warns whenever sys.argv also
+            # holds arguments (e.g. pytest's), which is expected there.
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+            # The data module resumes mid-epoch itself (vpnext.data.resume), not through the loader.
+            warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before")
+            cli = VPNeXtCLI(args if in_process else None, epilog=epilog)
+        cli.announce("end")
+    except Preempted as stop:
+        if global_rank_from_env() == 0:
+            run_dir = stop.checkpoint.parent.parent
+            print(
+                f"vpnext: stopped by {stop.signal_name} at step {stop.step}; "
+                f"checkpoint saved: {stop.checkpoint}\n"
+                f"vpnext: resume with: {resume_command(args, run_dir)}",
+                file=sys.stderr,
+                flush=True,
+            )
+        return PREEMPTED_EXIT_CODE
+    return 0
