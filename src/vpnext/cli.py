@@ -154,7 +154,7 @@ def _check_command(word: str) -> None:
     if word.startswith("-") or word in SUBCOMMANDS:
         return
     commands = [*SUBCOMMANDS, *(c.split()[0] for c in EXTRA_COMMANDS)]
-    raise UserError(f"unknown command {word!r}{did_you_mean(word, commands)}; see vpnext --help")
+    raise UserError(f"unknown command {word!r}{did_you_mean(close_words(word, commands))}; see vpnext --help")
 
 
 def close_words(given: str, known: Sequence[str]) -> list[str]:
@@ -165,9 +165,8 @@ def close_words(given: str, known: Sequence[str]) -> list[str]:
     return list(dict.fromkeys([*prefixed[:2], *close]))[:3]
 
 
-def did_you_mean(given: str, known: Sequence[str]) -> str:
-    """``" (did you mean X or Y?)"`` for :func:`close_words` (empty if none is close)."""
-    choices = close_words(given, known)
+def did_you_mean(choices: Sequence[str]) -> str:
+    """``" (did you mean X or Y?)"``, empty without choices (see :func:`close_words`)."""
     return f" (did you mean {' or '.join(choices)}?)" if choices else ""
 
 

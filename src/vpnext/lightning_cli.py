@@ -347,9 +347,8 @@ def _suggest(flag: str, options: list[str]) -> str:
     section, dot, name = flag.partition(".")
     names = {o[len(section) + 1 :]: o for o in options if o.startswith(section + ".")} if dot else {}
     if not names:
-        return did_you_mean(flag, options)
-    choices = [names[n] for n in close_words(name, list(names))]
-    return f" (did you mean {' or '.join(choices)}?)" if choices else ""
+        return did_you_mean(close_words(flag, options))
+    return did_you_mean([names[n] for n in close_words(name, list(names))])
 
 
 def _parser_kwargs(epilog: str | None) -> dict[str, Any]:
