@@ -72,3 +72,14 @@ def test_hub_weights_without_network_fail_with_one_line_naming_local_option(tmp_
 def test_non_vit_is_refused() -> None:
     with pytest.raises(ValueError, match="not a timm VisionTransformer"):
         ViTBackbone("resnet18")
+
+
+def test_backbone_kwargs_override_the_timm_architecture() -> None:
+    model = VPNeXt(3, **TINY, backbone_kwargs={"patch_size": 8, "depth": 4}).eval()
+    assert model.backbone.patch_size == 8 and model.backbone.depth == 4
+    with torch.no_grad():
+        features, _ = model.backbone(model.backbone.patch_proj(torch.randn(1, 3, 32, 48)), [1])
+    assert features[0].shape[-2:] == (4, 6)  # a stride-8 token grid
+    assert model(torch.randn(1, 3, 30, 45)).shape == (1, 3, 30, 45)
+    with pytest.raises(ValueError, match="cannot set"):
+        VPNeXt(3, **TINY, backbone_kwargs={"img_size": 64})

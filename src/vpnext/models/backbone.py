@@ -19,6 +19,7 @@ import contextlib
 import socket
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import timm
@@ -37,6 +38,7 @@ def create_vit(
     pretrained: bool | str | Path = False,
     img_size: int | tuple[int, int] | None = None,
     drop_path_rate: float = 0.0,
+    arch_kwargs: dict[str, Any] | None = None,
 ) -> VisionTransformer:
     """Create a timm ViT without classifier, optionally loading weights.
 
@@ -47,6 +49,9 @@ def create_vit(
             resampled to ``img_size`` by timm's checkpoint filter.
         img_size: Image size the position embedding grid is built for (timm default if ``None``).
         drop_path_rate: Stochastic depth rate.
+        arch_kwargs: Architecture overrides passed to ``timm.create_model`` (``patch_size``,
+            ``depth``, ``embed_dim``, ``num_heads``…), e.g. a ViT-Tiny with 8-pixel patches for CPU
+            runs. With pretrained weights only overrides the weights still fit make sense.
 
     Raises:
         PretrainedWeightsError: hub weights requested but not downloadable, or a missing local file.
@@ -54,7 +59,15 @@ def create_vit(
     """
     if not timm.is_model(name):
         raise ValueError(f"unknown timm model '{name}' (see timm.list_models('vit_*'))")
-    kwargs: dict = {"num_classes": 0, "dynamic_img_size": True, "drop_path_rate": drop_path_rate}
+    reserved = {"num_classes", "dynamic_img_size", "drop_path_rate", "img_size", "pretrained"}
+    if clash := reserved & set(arch_kwargs or {}):
+        raise ValueError(f"backbone_kwargs cannot set {sorted(clash)}: they have arguments of their own")
+    kwargs: dict = {
+        **(arch_kwargs or {}),
+        "num_classes": 0,
+        "dynamic_img_size": True,
+        "drop_path_rate": drop_path_rate,
+    }
     if img_size is not None:
         kwargs["img_size"] = img_size
     if isinstance(pretrained, (str, Path)) and not isinstance(pretrained, bool):
@@ -143,6 +156,7 @@ class ViTBackbone(nn.Module):
         pretrained: ``False``, ``True`` (hub) or a local weights path; see :func:`create_vit`.
         img_size: Position-embedding grid size (timm default if ``None``).
         drop_path_rate: Stochastic depth rate.
+        arch_kwargs: timm architecture overrides; see :func:`create_vit`.
     """
 
     def __init__(
@@ -151,9 +165,10 @@ class ViTBackbone(nn.Module):
         pretrained: bool | str | Path = False,
         img_size: int | tuple[int, int] | None = None,
         drop_path_rate: float = 0.0,
+        arch_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.vit = create_vit(name, pretrained, img_size, drop_path_rate)
+        self.vit = create_vit(name, pretrained, img_size, drop_path_rate, arch_kwargs)
         self.embed_dim: int = self.vit.embed_dim
         self.depth: int = len(self.vit.blocks)
         self.patch_size: int = self.vit.patch_embed.proj.kernel_size[0]

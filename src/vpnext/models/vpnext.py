@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from torch import Tensor, nn
 
@@ -58,6 +58,8 @@ class VPNeXt(nn.Module):
             file (``.safetensors``/``.pth``); position embeddings are resampled to ``img_size``.
         img_size: Training crop size the position-embedding grid is built for.
         drop_path_rate: Stochastic depth of the ViT.
+        backbone_kwargs: timm architecture overrides of ``backbone`` (e.g. ``{"patch_size": 8,
+            "depth": 6}``); see :func:`vpnext.models.backbone.create_vit`.
         decoder: Named decoder configuration (:mod:`vpnext.models.presets`): ``efficient``
             (D 256, 48 channels at 1/4; the default) or ``paper`` (the whole decoder at the ViT's
             width with the 3x3 convs that reproduce Table III's costs). The five width arguments
@@ -98,6 +100,7 @@ class VPNeXt(nn.Module):
         pretrained: bool | str | Path = False,
         img_size: int | None = None,
         drop_path_rate: float = 0.0,
+        backbone_kwargs: dict[str, Any] | None = None,
         decoder: DecoderPreset = "efficient",
         decoder_dim: int | None = None,
         pyramid_dim: int | None = None,
@@ -128,7 +131,7 @@ class VPNeXt(nn.Module):
             raise ValueError(f"hiclr_depth={hiclr_depth}: must be between 0 and 5")
         self.num_classes = num_classes
         self.aux_mode = aux
-        self.backbone = ViTBackbone(backbone, pretrained, img_size, drop_path_rate)
+        self.backbone = ViTBackbone(backbone, pretrained, img_size, drop_path_rate, backbone_kwargs)
         width = self.backbone.embed_dim
         #: The resolved decoder widths (preset + explicit overrides).
         self.widths = decoder_widths(

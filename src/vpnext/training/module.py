@@ -68,6 +68,8 @@ class SegmentationModule(L.LightningModule):
             file (``.safetensors``/``.pth``).
         img_size: Position-embedding grid size; the CLI links it from the data's training crop.
         drop_path_rate: Stochastic depth of the ViT.
+        backbone_kwargs: timm architecture overrides of ``backbone`` (``patch_size``, ``depth``,
+            ``embed_dim``, ``num_heads``…), e.g. ``{patch_size: 8}`` for a ViT-Tiny/8 on CPU.
         decoder: Named decoder configuration: ``efficient`` (default) or ``paper`` (Table III's
             costs); see :mod:`vpnext.models.presets`. The five widths below default to it.
         decoder_dim: Width D of the 1/16 decoder and of every row's classifier input.
@@ -94,6 +96,8 @@ class SegmentationModule(L.LightningModule):
         focal_weight: Focal weight of the mask loss.
         dice_weight: Dice weight of the mask loss.
         presence_weight: Class-presence weight of the ``mask`` loss.
+        class_weight: Per-class weights of the ``ce`` loss (one per class; ``None``: all 1), e.g.
+            the inverse-log-frequency weights ``scripts/class_weights.py`` prints for a data set.
         ignore_index: Label value excluded from loss and metrics.
         lr: Base AdamW learning rate (the ViT's top block; lower blocks get layer decay).
         weight_decay: AdamW weight decay of weight matrices (none on 1-D params, position
@@ -118,6 +122,7 @@ class SegmentationModule(L.LightningModule):
         pretrained: bool | str = False,
         img_size: int | tuple[int, int] | None = None,
         drop_path_rate: float = 0.0,
+        backbone_kwargs: dict[str, Any] | None = None,
         decoder: DecoderPreset = "efficient",
         decoder_dim: int | None = None,
         pyramid_dim: int | None = None,
@@ -141,6 +146,7 @@ class SegmentationModule(L.LightningModule):
         focal_weight: float = FOCAL_WEIGHT,
         dice_weight: float = DICE_WEIGHT,
         presence_weight: float = PRESENCE_WEIGHT,
+        class_weight: list[float] | None = None,
         ignore_index: int = 255,
         lr: float = 6e-5,
         weight_decay: float = 0.05,
@@ -167,6 +173,7 @@ class SegmentationModule(L.LightningModule):
             dice_weight=dice_weight,
             presence_weight=presence_weight,
             ignore_index=ignore_index,
+            class_weight=class_weight,
         )
         self.val_iou = jaccard_index(num_classes, ignore_index)
         self.test_iou = jaccard_index(num_classes, ignore_index)
