@@ -229,3 +229,24 @@ def test_bare_logits_give_only_main() -> None:
 def test_mismatched_resolution_is_an_error() -> None:
     with pytest.raises(ValueError, match="label resolution"):
         mask_loss(torch.randn(1, 3, 4, 4), torch.zeros(1, 8, 8, dtype=torch.long))
+
+
+def test_class_weight_weighs_ce_per_class_and_is_refused_by_mask_losses() -> None:
+    torch.manual_seed(4)
+    logits = torch.randn(2, 3, 6, 5)
+    target = torch.randint(0, 3, (2, 6, 5))
+    target[0, 0] = 255
+    weight = [0.5, 1.0, 4.0]
+    criterion = SegmentationLoss(loss="ce", class_weight=weight)
+    expected = F.cross_entropy(logits, target, weight=torch.tensor(weight), ignore_index=255)
+    assert torch.equal(criterion(logits, target)["main"], expected)
+    # Weighted mean: per-pixel terms weighted by their class, divided by the summed weights.
+    per_pixel = F.cross_entropy(logits, target, reduction="none", ignore_index=255)
+    valid = target != 255
+    w = torch.tensor(weight)[target.clamp(max=2)] * valid
+    assert expected.item() == pytest.approx((per_pixel * w).sum().item() / w.sum().item(), rel=1e-6)
+    assert not torch.equal(expected, ce_loss(logits, target))
+    with pytest.raises(ValueError, match="3 values for 4 classes"):
+        SegmentationLoss(loss="ce", class_weight=weight)(torch.randn(1, 4, 2, 2), torch.zeros(1, 2, 2))
+    with pytest.raises(ValueError, match="balances classes itself"):
+        SegmentationLoss(loss="mask", class_weight=weight)

@@ -21,6 +21,7 @@ Three per-pixel losses, by name (``SegmentationLoss(loss=...)``):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import partial
 from typing import Literal
 
@@ -189,15 +190,20 @@ def mask_loss(
     return mask_term + presence_weight * presence
 
 
-def ce_loss(logits: Tensor, target: Tensor, ignore_index: int = 255) -> Tensor:
+def ce_loss(
+    logits: Tensor, target: Tensor, ignore_index: int = 255, class_weight: Tensor | None = None
+) -> Tensor:
     """Pixel-wise cross-entropy averaged over valid pixels; exactly 0 if every pixel is ignored.
 
-    (``F.cross_entropy`` alone returns NaN there: a mean over zero pixels.)
+    (``F.cross_entropy`` alone returns NaN there: a mean over zero pixels.) With ``class_weight``
+    (K,), pixel i counts ``class_weight[target_i]`` times and the mean is over the summed weights
+    of the valid pixels (PyTorch's weighted mean), so the loss scale does not depend on the weights'
+    overall scale.
     """
     _check_shapes(logits, target)
     if not bool((target != ignore_index).any()):
         return _zero(logits)
-    return F.cross_entropy(logits.float(), target.long(), ignore_index=ignore_index)
+    return F.cross_entropy(logits.float(), target.long(), weight=class_weight, ignore_index=ignore_index)
 
 
 def naive_align_loss(pairs: list[tuple[Tensor, Tensor]]) -> Tensor:
@@ -239,6 +245,9 @@ class SegmentationLoss(nn.Module):
         dice_weight: Dice weight of the mask losses (ignored for ``"ce"``).
         presence_weight: Class-presence weight of ``"mask"``.
         ignore_index: Label of pixels to leave out.
+        class_weight: Per-class weights of ``"ce"`` (K values, e.g. from
+            ``scripts/class_weights.py``); ``None`` weighs every class 1. The mask losses balance
+            classes by construction (each present mask counts once) and refuse it.
     """
 
     def __init__(
@@ -251,8 +260,17 @@ class SegmentationLoss(nn.Module):
         dice_weight: float = DICE_WEIGHT,
         presence_weight: float = PRESENCE_WEIGHT,
         ignore_index: int = 255,
+        class_weight: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
+        if class_weight is not None and loss != "ce":
+            raise ValueError(
+                f"class_weight is a weighting of loss='ce'; loss={loss!r} balances classes itself"
+            )
+        # A buffer follows the module's device; not persistent, so checkpoints keep no copy of an
+        # hparam they already hold.
+        weight = None if class_weight is None else torch.tensor([float(w) for w in class_weight])
+        self.register_buffer("class_weight", weight, persistent=False)
         if loss == "mask":
             self.pixel_loss = partial(
                 mask_loss,
@@ -266,7 +284,8 @@ class SegmentationLoss(nn.Module):
                 mask_all_loss, ignore_index=ignore_index, focal_weight=focal_weight, dice_weight=dice_weight
             )
         elif loss == "ce":
-            self.pixel_loss = partial(ce_loss, ignore_index=ignore_index)
+            self.pixel_loss = self._ce
+            self.ignore_index = ignore_index
         else:
             raise ValueError(f"loss must be 'mask', 'mask_all' or 'ce', got {loss!r}")
         if aux_weighting not in ("total", "per_layer"):
@@ -275,6 +294,12 @@ class SegmentationLoss(nn.Module):
         self.aux_weight = aux_weight
         self.aux_weighting = aux_weighting
         self.align_weight = align_weight
+
+    def _ce(self, logits: Tensor, target: Tensor) -> Tensor:
+        if self.class_weight is not None and self.class_weight.numel() != logits.shape[1]:
+            given, classes = self.class_weight.numel(), logits.shape[1]
+            raise ValueError(f"class_weight has {given} values for {classes} classes")
+        return ce_loss(logits, target, self.ignore_index, self.class_weight)
 
     def aux_layer_weight(self, num_aux: int) -> float:
         """The weight of each of ``num_aux`` auxiliary logit maps."""

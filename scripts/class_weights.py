@@ -1,0 +1,85 @@
+"""Per-class loss weights from a data set's training labels, for ``--model.class_weight``.
+
+Counts every class's pixels over the split's labels (as stored, converted to train ids; ignored
+pixels left out) and prints the weights as a YAML line to paste into a config. Two schemes:
+
+- ``enet`` (default): ``1 / ln(c + p_k)`` with ``p_k`` the class's share of all valid pixels and
+  ``c = 1.02`` (ENet, Paszke et al. 2016): bounded between 1 and ~50, rare classes up-weighted
+  without the extreme values of plain inverse frequency;
+- ``median``: median-frequency balancing (Eigen & Fergus 2015; SegNet's CamVid weights):
+  ``median(f) / f_k`` with ``f_k`` the class's pixels over the pixels of the images it occurs in.
+
+The weights are rescaled so that their pixel-weighted mean is 1 (the weighted cross-entropy is a
+weighted *mean*, so the scale only matters for readability). A class absent from the split gets
+weight 0 and a warning.
+
+Usage::
+
+    python scripts/class_weights.py --dataset camvid --root ../shared/data/camvid [--scheme enet]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+from vpnext.data.base import read_label
+from vpnext.data.catalog import IGNORE_INDEX, get_dataset_spec
+from vpnext.data.datasets import DATASET_CLASSES
+
+ENET_C = 1.02
+
+
+def class_pixel_counts(dataset: str, root: str, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``(pixels, image_pixels, names)``: per class, its pixel count and the valid-pixel count of
+    the images it occurs in."""
+    spec = get_dataset_spec(dataset, root if dataset == "folder" else None)
+    data = DATASET_CLASSES[dataset](root, split, spec=spec, check_files="none")
+    lut, k = spec.label_lut(), spec.num_classes
+    pixels = np.zeros(k, dtype=np.int64)
+    image_pixels = np.zeros(k, dtype=np.int64)
+    for sample in data.samples:
+        label = read_label(sample.label_path, lut, k)
+        counts = np.bincount(label[label != IGNORE_INDEX].ravel(), minlength=k)[:k]
+        pixels += counts
+        image_pixels[counts > 0] += counts.sum()
+    return pixels, image_pixels, list(spec.class_names)
+
+
+def class_weights(pixels: np.ndarray, image_pixels: np.ndarray, scheme: str = "enet") -> np.ndarray:
+    """Weights per class (0 for a class with no pixels), pixel-weighted mean 1."""
+    present = pixels > 0
+    weights = np.zeros(len(pixels), dtype=np.float64)
+    if scheme == "enet":
+        share = pixels / pixels.sum()
+        weights[present] = 1.0 / np.log(ENET_C + share[present])
+    elif scheme == "median":
+        freq = pixels[present] / image_pixels[present]
+        weights[present] = np.median(freq) / freq
+    else:
+        raise ValueError(f"unknown scheme {scheme!r}: 'enet' or 'median'")
+    return weights / (weights * pixels).sum() * pixels.sum()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", required=True, choices=sorted(DATASET_CLASSES))
+    parser.add_argument("--root", required=True)
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--scheme", default="enet", choices=("enet", "median"))
+    args = parser.parse_args(argv)
+    pixels, image_pixels, names = class_pixel_counts(args.dataset, args.root, args.split)
+    weights = class_weights(pixels, image_pixels, args.scheme)
+    share = pixels / pixels.sum()
+    for name, p, w in zip(names, share, weights, strict=True):
+        print(f"# {name:>14s}  {100 * p:6.2f} % of pixels  weight {w:.3f}")
+        if p == 0:
+            print(f"warning: class {name!r} has no pixels in {args.split}", file=sys.stderr)
+    print("class_weight: [" + ", ".join(f"{w:.3f}" for w in weights) + "]")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
