@@ -14,7 +14,7 @@ import os
 import sys
 import warnings
 from argparse import ArgumentError
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -125,22 +125,32 @@ class VPNeXtCLI(LightningCLI):
     ``data.num_classes`` and ``data.crop_size`` are linked to ``model.num_classes`` and
     ``model.img_size``; a fixed data-module class keeps dataset options flat (``--data.dataset``).
 
+    Only the parser of the subcommand on the command line is built (building all four takes about
+    a second); with none (``vpnext --config X fit``) all are.
+
     Args:
         args: Command-line arguments (without the program name); ``None`` reads ``sys.argv``.
         epilog: Text shown at the end of ``--help``.
     """
 
     def __init__(self, args: list[str] | None = None, epilog: str | None = None) -> None:
+        words = sys.argv[1:] if args is None else args
+        self.only = words[0] if words and words[0] in LightningCLI.subcommands() else None
         super().__init__(
             model_class=SegmentationModule,
             datamodule_class=SegDataModule,
             save_config_callback=RunConfigCallback,
             trainer_defaults={"logger": _default_loggers()},
             seed_everything_default=0,
-            parser_kwargs=_parser_kwargs(epilog),
+            parser_kwargs=_parser_kwargs(epilog, self.subcommands()),
             auto_configure_optimizers=False,
             args=args,
         )
+
+    def subcommands(self) -> dict[str, set[str]]:  # type: ignore[override]
+        """Lightning's subcommands (and the Trainer arguments they skip), only ``self.only`` if set."""
+        every = LightningCLI.subcommands()
+        return {self.only: every[self.only]} if self.only else every
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         #: The command line as given (for the messages that name flags).
@@ -351,14 +361,14 @@ def _suggest(flag: str, options: list[str]) -> str:
     return did_you_mean([names[n] for n in close_words(name, list(names))])
 
 
-def _parser_kwargs(epilog: str | None) -> dict[str, Any]:
+def _parser_kwargs(epilog: str | None, subcommands: Iterable[str]) -> dict[str, Any]:
     # exit_on_error=False: parse errors raise, and main() prints them as one line without the
     # hundred-line usage block. allow_abbrev=False: `--model.hic=2` is an error, not hiclr_depth.
     common = {"exit_on_error": False, "allow_abbrev": False}
     kwargs: dict[str, Any] = {"prog": "vpnext", **common}
     if epilog:
         kwargs["epilog"] = epilog
-    for subcommand in LightningCLI.subcommands():
+    for subcommand in subcommands:
         kwargs[subcommand] = dict(common)
     return kwargs
 
