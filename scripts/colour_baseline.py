@@ -1,12 +1,15 @@
-"""How far per-pixel colour alone gets on the synthetic data set (it should be close to nothing).
+"""How far per-pixel colour alone gets on the synthetic data set.
+
+By design (docs/synthetic.md) colour finds the background and the textures, not the wires and not
+the window/sign pair.
 
 Fits the Bayes classifier of a pixel's class given its own colour: a joint RGB histogram per class
 (``--bins`` levels per channel, Laplace smoothing) on the train split, combined with a class prior,
 and scores it on the val split with the project's mIoU. Two priors are reported:
 
 - ``empirical``: the train-split class frequencies; this maximises per-pixel accuracy among
-  colour-only classifiers (up to the quantisation), and mostly predicts background.
-- ``uniform``: every class equally likely, which gives object classes their best chance.
+  colour-only classifiers (up to the quantisation).
+- ``uniform``: every class equally likely, which gives rare classes their best chance.
 
 Usage::
 
