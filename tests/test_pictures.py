@@ -16,7 +16,7 @@ from tests.test_training import _module, _sample
 from vpnext.cli import main
 from vpnext.data import seg_collate
 from vpnext.data.base import read_image
-from vpnext.training.pictures import picture_grid
+from vpnext.training.pictures import picture_grid, picture_indices
 
 
 def test_confusion_matrix_counts_pixels_by_label_and_prediction(tmp_path: Path) -> None:
@@ -80,7 +80,8 @@ def test_each_validation_writes_and_logs_the_picture_grid(runs: dict[str, Path])
     assert grid.shape == (2 * 64 + 2, 3 * 64 + 2 * 2, 3)  # 2 images x (image | truth | prediction)
     val_images = sorted(p for p in runs["data"].rglob("*.png") if p.parts[-3:-1] == ("images", "val"))
     np.testing.assert_array_equal(grid[:64, :64], read_image(val_images[0]))
-    np.testing.assert_array_equal(grid[66:, :64], read_image(val_images[1]))
+    # The two pictures are the first and the last validation image (spread over the split).
+    np.testing.assert_array_equal(grid[66:, :64], read_image(val_images[-1]))
     events = EventAccumulator(str(runs["fit"] / "tensorboard"), size_guidance={"images": 0})
     events.Reload()
     assert "val/pictures" in events.Tags()["images"]
@@ -103,3 +104,12 @@ def test_validate_records_the_confusion_matrix(runs: dict[str, Path]) -> None:
         assert (iou is None and uni == 0) or iou == pytest.approx(inter / uni)
     picture = Image.open(runs["validate"] / "confusion_matrix.png")
     assert picture.size[0] >= 300 and (runs["validate"] / "pictures").is_dir()
+
+
+def test_picture_indices_spread_over_the_split() -> None:
+    assert picture_indices(4, 101) == [0, 33, 67, 100]
+    assert picture_indices(3, 3) == [0, 1, 2] and picture_indices(5, 2) == [0, 1]
+    assert picture_indices(1, 10) == [0] and picture_indices(0, 10) == [] and picture_indices(2, 0) == []
+    for count, length in [(4, 5), (7, 8), (6, 1000)]:
+        indices = picture_indices(count, length)
+        assert len(set(indices)) == count and indices[0] == 0 and indices[-1] == length - 1

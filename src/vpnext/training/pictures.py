@@ -47,11 +47,24 @@ def picture_grid(rows: Sequence[Sequence[np.ndarray]], gap: int = 2) -> np.ndarr
     return np.concatenate(padded, axis=0)[:-gap]
 
 
+def picture_indices(count: int, length: int) -> list[int]:
+    """``count`` distinct indices spread evenly over ``range(length)``, first and last included."""
+    if count <= 0 or length <= 0:
+        return []
+    if count >= length:
+        return list(range(length))
+    if count == 1:
+        return [0]
+    return [round(i * (length - 1) / (count - 1)) for i in range(count)]
+
+
 class ValidationPictures(Callback):
     """Image / ground truth / prediction for fixed validation images, every validation.
 
     Args:
-        num_images: How many images (the first of the validation split); 0 turns it off.
+        num_images: How many images, spread evenly over the validation split (its first and last
+            included: consecutive frames of a video data set such as CamVid would look alike);
+            0 turns it off.
         dirpath: Folder of the PNG grids; ``None`` uses ``<trainer.default_root_dir>/pictures``.
     """
 
@@ -72,7 +85,7 @@ class ValidationPictures(Callback):
         was_training = pl_module.training
         pl_module.eval()
         with torch.inference_mode():
-            for index in range(min(self.num_images, len(dataset))):
+            for index in picture_indices(self.num_images, len(dataset)):
                 sample = dataset[index]
                 image = sample["image"][None].to(pl_module.device)
                 label = sample["label"].numpy()
