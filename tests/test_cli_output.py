@@ -70,6 +70,11 @@ def test_fit_prints_run_dir_and_commands_at_start_and_end(fit: dict) -> None:
         "--ckpt_path",
         str(run / "checkpoints" / "last.ckpt"),
     ]
+    # Where the results and the last validation picture are (SMALL_RUN_ARGS validates at step 2).
+    assert said(err, "results: ") == [f"results: {run / 'results.json'}"]
+    picture = run / "pictures" / "val_step0000002.png"
+    assert said(err, "pictures: ") == [f"pictures: {picture} (image | ground truth | prediction)"]
+    assert (run / "results.json").is_file() and picture.is_file()
 
 
 def test_progress_lines_when_stdout_is_not_a_terminal(fit: dict) -> None:

@@ -285,6 +285,12 @@ class VPNeXtCLI(LightningCLI):
             lines.append(f"resume with: {resume_command(self.words, run_dir)}")
             if moment == "end":
                 lines.append(f"evaluate with: {evaluate_command(run_dir)}")
+                lines.append(f"results: {run_dir / 'results.json'}")
+                callbacks = getattr(getattr(self, "trainer", None), "callbacks", [])
+                pictures = [c.last_path for c in callbacks if isinstance(c, ValidationPictures)]
+                pictures = [path for path in pictures if path is not None]
+                if pictures:
+                    lines.append(f"pictures: {pictures[0]} (image | ground truth | prediction)")
         elif subcommand == "predict" and moment == "end":
             lines.append(f"predictions: {run_dir / 'predictions'}")
         elif moment == "end":
