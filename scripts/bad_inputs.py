@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from vpnext.run_dir import ANNOUNCEMENT
+
 #: A tiny, fast model and trainer for every case that gets as far as building one.
 TINY = [
     "--trainer.accelerator=cpu",
@@ -511,11 +513,7 @@ def run_case(case: Case, work: Path) -> Outcome:
         text = text.replace(folder + os.sep, "").replace(folder, ".")
     # The lines naming a run's folder when it starts and ends (and how to resume or evaluate it)
     # come before any error the run meets later; they are not a second error line.
-    announced = re.compile(
-        r"vpnext: ((fit|validate|test|predict) (starts|resumes|finished)"
-        r"|(resume with|evaluate with|results|predictions):)"
-    )
-    lines = [line for line in text.splitlines() if line.startswith("vpnext") and not announced.match(line)]
+    lines = [line for line in text.splitlines() if line.startswith("vpnext") and not ANNOUNCEMENT.match(line)]
     return Outcome(case, code, lines, "Traceback (most recent call last)" in text, leftovers)
 
 

@@ -10,6 +10,7 @@ import torch
 from test_cli import SMALL_RUN_ARGS
 
 from vpnext.cli import main
+from vpnext.run_dir import ANNOUNCEMENT
 from vpnext.training.checkpointing import NonFiniteWeightsError, SafeCheckpointIO
 
 
@@ -53,7 +54,9 @@ def test_non_finite_loss_stops_at_its_step_and_keeps_the_checkpoint(
     ]
     args += [f"--data.root={tmp_path / 'data'}", f"--run.root={tmp_path}", "--run.name=nan", poison]
     assert main(args) == 1
-    lines = [line for line in capfd.readouterr().err.splitlines() if line.startswith("vpnext")]
+    # The run directory (and how to resume) is announced before the error; only errors count here.
+    err = capfd.readouterr().err.splitlines()
+    lines = [line for line in err if line.startswith("vpnext") and not ANNOUNCEMENT.match(line)]
     (run,) = (tmp_path / "nan").iterdir()
     last = run / "checkpoints" / "last.ckpt"
     assert len(lines) == 1 and lines[0].startswith("vpnext: error: non-finite loss at step 2: "), lines

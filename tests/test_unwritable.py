@@ -12,6 +12,7 @@ import torch
 from test_cli import SMALL_RUN_ARGS
 
 from vpnext.cli import main
+from vpnext.run_dir import ANNOUNCEMENT
 
 
 class BlockWritesAtStep(L.Callback):
@@ -62,7 +63,9 @@ def test_unwritable_checkpoint_folder_fails_clearly_and_keeps_the_last_checkpoin
             os.chmod(folder, 0o755)
     (run,) = (tmp_path / "runs" / "w").iterdir()
     last = run / "checkpoints" / "last.ckpt"
-    lines = [line for line in capfd.readouterr().err.splitlines() if line.startswith("vpnext")]
+    # The run directory (and how to resume) is announced before the error; only errors count here.
+    err = capfd.readouterr().err.splitlines()
+    lines = [line for line in err if line.startswith("vpnext") and not ANNOUNCEMENT.match(line)]
     assert code == 1
     assert len(lines) == 1 and lines[0].startswith(f"vpnext: error: cannot write checkpoint {last}: "), lines
     assert ("File too large" if how == "full" else "Permission denied") in lines[0]

@@ -10,6 +10,7 @@ the command that resumes it (:func:`resume_command`) or evaluates it (:func:`eva
 from __future__ import annotations
 
 import os
+import re
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +35,12 @@ __all__ = [
 #: Environment variable through which the launching process hands its run directory to the
 #: processes Lightning starts for the other DDP ranks (they re-run the same command line).
 RUN_DIR_ENV = "_VPNEXT_RUN_DIR"
+#: The lines a command prints when it starts and ends: its run directory, how to resume or evaluate
+#: it, where its results are. Anything else starting ``vpnext:`` on stderr is an error or warning.
+ANNOUNCEMENT = re.compile(
+    r"vpnext: ((fit|validate|test|predict) (starts|resumes|finished)"
+    r"|(resume with|evaluate with|results|pictures|predictions):)"
+)
 
 
 @dataclass
