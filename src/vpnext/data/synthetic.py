@@ -240,15 +240,7 @@ def _ignore_band(label: np.ndarray, width: int) -> np.ndarray:
     edge[:-1, :] |= diff_v
     edge[:, 1:] |= diff_h
     edge[:, :-1] |= diff_h
-    band = edge.copy()
-    for _ in range(width - 1):
-        grown = band.copy()
-        grown[1:, :] |= band[:-1, :]
-        grown[:-1, :] |= band[1:, :]
-        grown[:, 1:] |= band[:, :-1]
-        grown[:, :-1] |= band[:, 1:]
-        band = grown
-    return band
+    return _grow(edge, width - 1)
 
 
 def generate_scene(
