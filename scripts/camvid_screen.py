@@ -21,17 +21,17 @@ Each argument is ``NAME JSON``: keyword arguments of :func:`screen` (``steps``, 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from vpnext.data.base import read_image, read_label
 from vpnext.data.catalog import IGNORE_INDEX
+from vpnext.data.class_stats import class_pixel_counts, class_weights
 from vpnext.data.datasets import CamVidDataset
 from vpnext.training import SegmentationModule
 from vpnext.training.optim import build_optimizer
@@ -49,26 +49,23 @@ MODEL = dict(
 
 
 def load_split(root: str, split: str, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Images (N, 3, H, W) scaled to [-1, 1] (ViT-Tiny's 0.5/0.5) and labels (N, H, W), at ``size``
-    (width, height)."""
+    """Images (N, 3, H, W) scaled to [-1, 1] (ViT-Tiny's 0.5/0.5) and train-id labels (N, H, W),
+    at ``size`` (width, height)."""
     dataset = CamVidDataset(root, split, check_files="none")
+    lut, k = dataset.spec.label_lut(), dataset.spec.num_classes
     images, labels = [], []
     for sample in dataset.samples:
-        images.append(np.asarray(Image.open(sample.image_path).convert("RGB").resize(size, Image.BILINEAR)))
-        labels.append(np.asarray(Image.open(sample.label_path).resize(size, Image.NEAREST)))
+        image = Image.fromarray(read_image(sample.image_path)).resize(size, Image.BILINEAR)
+        label = Image.fromarray(read_label(sample.label_path, lut, k)).resize(size, Image.NEAREST)
+        images.append(np.asarray(image))
+        labels.append(np.asarray(label))
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
-    y = torch.from_numpy(np.stack(labels).astype(np.int64))
-    y[y >= NUM_CLASSES] = IGNORE_INDEX
-    return x, y
+    return x, torch.from_numpy(np.stack(labels).astype(np.int64))
 
 
 def enet_weights(root: str) -> list[float]:
-    path = Path(__file__).with_name("class_weights.py")
-    spec = importlib.util.spec_from_file_location("class_weights", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    pixels, image_pixels, _ = module.class_pixel_counts("camvid", root, "train")
-    return [round(float(w), 3) for w in module.class_weights(pixels, image_pixels, "enet")]
+    pixels, image_pixels, _ = class_pixel_counts("camvid", root, "train")
+    return [round(float(w), 3) for w in class_weights(pixels, image_pixels, "enet")]
 
 
 def screen(

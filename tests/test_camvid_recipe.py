@@ -3,11 +3,12 @@ what scripts/class_weights.py computes from the training labels."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import yaml
+
+from vpnext.data.class_stats import class_pixel_counts, class_weights
 
 REPO = Path(__file__).resolve().parents[1]
 CAMVID = REPO.parent / "shared" / "data" / "camvid"
@@ -32,11 +33,8 @@ def test_ablation_scale_is_the_recipe_with_a_shorter_schedule() -> None:
 
 @pytest.mark.skipif(not CAMVID.is_dir(), reason="shared CamVid copy not present")
 def test_class_weights_are_the_enet_weights_of_the_train_split() -> None:
-    spec = importlib.util.spec_from_file_location("class_weights", REPO / "scripts" / "class_weights.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    pixels, image_pixels, names = module.class_pixel_counts("camvid", str(CAMVID), "train")
-    weights = module.class_weights(pixels, image_pixels, "enet")
+    pixels, image_pixels, names = class_pixel_counts("camvid", str(CAMVID), "train")
+    weights = class_weights(pixels, image_pixels, "enet")
     assert names[0] == "Sky" and len(names) == 11
     for config in ("recipe.yaml", "ablation.yaml"):
         assert _load(config)["model"]["class_weight"] == pytest.approx(weights.tolist(), abs=5e-4)
