@@ -162,6 +162,8 @@ class VPNeXtCLI(LightningCLI):
         # Before seeding and logging start, so that a wrong path is the only line printed.
         subcommand = self.config.get("subcommand")
         self.resuming = False
+        #: The validation-pictures callback of this run (named in the end-of-fit lines), if any.
+        self.pictures: ValidationPictures | None = None
         if subcommand:
             config = self.config[subcommand]
             _check_inputs(config)
@@ -252,9 +254,8 @@ class VPNeXtCLI(LightningCLI):
             run_dir, name, subcommand, ckpt_dir, config.run.ckpt_every_n_steps, config.run.ckpt_every_minutes
         )
         if subcommand in ("fit", "validate", "test") and config.run.pictures > 0:
-            self.trainer_defaults["callbacks"].append(
-                ValidationPictures(config.run.pictures, str(run_dir / "pictures"))
-            )
+            self.pictures = ValidationPictures(config.run.pictures, str(run_dir / "pictures"))
+            self.trainer_defaults["callbacks"].append(self.pictures)
         self.trainer_defaults["callbacks"].append(AnnounceStart(self.announce))
         if _wants_progress_bar(config.trainer):
             self.trainer_defaults["callbacks"].append(progress_bar(config.run.progress_every))
@@ -286,11 +287,8 @@ class VPNeXtCLI(LightningCLI):
             if moment == "end":
                 lines.append(f"evaluate with: {evaluate_command(run_dir)}")
                 lines.append(f"results: {run_dir / 'results.json'}")
-                callbacks = getattr(getattr(self, "trainer", None), "callbacks", [])
-                pictures = [c.last_path for c in callbacks if isinstance(c, ValidationPictures)]
-                pictures = [path for path in pictures if path is not None]
-                if pictures:
-                    lines.append(f"pictures: {pictures[0]} (image | ground truth | prediction)")
+                if self.pictures is not None and self.pictures.last_path is not None:
+                    lines.append(f"pictures: {self.pictures.last_path} (image | ground truth | prediction)")
         elif subcommand == "predict" and moment == "end":
             lines.append(f"predictions: {run_dir / 'predictions'}")
         elif moment == "end":
