@@ -325,3 +325,28 @@ def test_folder_without_a_finished_training_run_is_an_error(
     assert report.main([str(tmp_path / "mixed")]) == 1
     err = capsys.readouterr().err
     assert "found 1 incomplete run(s) and 1 evaluation(s) of checkpoints" in err
+
+
+def test_per_class_iou_is_the_mean_over_seeds_best_row_first(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    per_class = {  # (row, seed): IoU of (Sky, Pole)
+        ("ds", 0): (0.90, 0.00),
+        ("ds", 1): (0.80, 0.10),
+        ("vcr", 0): (0.95, 0.20),
+        ("vcr", 1): (0.85, 0.30),
+    }
+    for (row, seed), (sky, pole) in per_class.items():
+        switches = {"aux": "deep_supervision"} if row == "ds" else {}
+        _seeded(root, f"{row}{seed}", (sky + pole) / 2, seed, **switches)
+        path = root / f"{row}{seed}" / "results.json"
+        record = json.loads(path.read_text())
+        record["per_class_iou"] = {"Sky": sky, "Pole": pole}
+        path.write_text(json.dumps(record))
+    markdown, _ = report.render_report(root)
+    lines = section(markdown, "Per-class IoU")
+    assert lines[2] == "| Row | n | Sky | Pole | mIoU |"
+    # VCR 2 layers with bilinear fills Table I and Table II, but it is one line; best row first.
+    assert [line for line in lines[4:] if line.startswith("| ")] == [
+        "| Our VCR 2 | 2 | 90.0 | 25.0 | 57.5 |",
+        "| Deep supervision 2 | 2 | 85.0 | 5.0 | 45.0 |",
+    ]

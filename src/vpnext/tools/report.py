@@ -72,6 +72,7 @@ class Run:
     wall_time_s: float | None = None
     gmacs: float | None = None
     config_key: str = ""
+    per_class: tuple[tuple[str, float], ...] = ()
 
     @property
     def decoder(self) -> str:
@@ -118,6 +119,7 @@ def load_runs(runs_dir: str | Path, metric: str = "mIoU", split: str = "val") ->
                 wall_time_s=record.get("wall_time_s"),
                 gmacs=record.get("inference_gmacs"),
                 config_key=key,
+                per_class=tuple((record.get("per_class_iou") or {}).items()),
             )
         )
     return runs
@@ -468,6 +470,45 @@ def _paired_section(tables: dict[str, dict[str, dict[RowKey, RowRuns]]]) -> str:
     return "\n".join(["## Paired comparisons over seeds", "", table, "", note])
 
 
+def _per_class_section(tables: dict[str, dict[str, dict[RowKey, RowRuns]]]) -> str:
+    """IoU of every class for each filled row of Tables I and II (mean over the row's seeds), best row first.
+
+    A run shared by two tables (VCR 2 layers, bilinear) is one line. Empty if no run recorded
+    per-class IoU.
+    """
+    lines: list[tuple[float, list[str]]] = []
+    seen: set[tuple[Path, ...]] = set()
+    classes: list[str] = []
+    for decoder, by_table in tables.items():
+        for table in ("table1", "table2"):
+            for key, runs in by_table[table].items():
+                group = seed_group(runs)
+                scored = [r for r in runs if r.miou is not None and r.per_class]
+                paths = tuple(r.path for r in runs)
+                if group is None or not scored or paths in seen:
+                    continue
+                seen.add(paths)
+                classes = classes or [name for name, _ in scored[0].per_class]
+                per_class = [dict(r.per_class) for r in scored]
+                cells = [
+                    MISSING
+                    if any(c not in pc or pc[c] is None for pc in per_class)
+                    else f"{100 * sum(pc[c] for pc in per_class) / len(per_class):.1f}"
+                    for c in classes
+                ]
+                label = f"{key[1]} {key[2]} ({decoder})" if len(tables) > 1 else f"{key[1]} {key[2]}"
+                lines.append((group.mean, [label, str(len(scored)), *cells, f"{100 * group.mean:.1f}"]))
+    if not lines:
+        return ""
+    lines.sort(key=lambda item: -item[0])
+    table = markdown_table(["Row", "n", *classes, "mIoU"], [cells for _, cells in lines])
+    note = (
+        "IoU (%) of each class, mean over the row's seeds; rows by mean mIoU, best first. Classes a "
+        "row's runs did not all record show –."
+    )
+    return "\n".join(["## Per-class IoU", "", table, "", note])
+
+
 def _decoder_of(switches: dict[str, Any]) -> str:
     # flops files from before the named decoder configurations had the efficient widths.
     return str(switches.get("decoder") or "efficient")
@@ -548,7 +589,12 @@ def render_report(
         sections.append(
             _miou_section("Table II: ablation on ViTUp" + suffix, "Num# HiCLR layers", table2, notes2)
         )
-    sections += [_paired_section(tables), _flops_section(load_flops(root)), _all_runs_section(runs, root)]
+    sections += [
+        _paired_section(tables),
+        _per_class_section(tables),
+        _flops_section(load_flops(root)),
+        _all_runs_section(runs, root),
+    ]
     training_runs = [r.path.parent for r in runs]
     sections.append(evaluations_section(load_checkpoint_evaluations(root), training_runs, root))
     return "\n\n".join(s for s in sections if s) + "\n", tables
