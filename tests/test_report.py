@@ -350,3 +350,11 @@ def test_per_class_iou_is_the_mean_over_seeds_best_row_first(tmp_path: Path) -> 
         "| Our VCR 2 | 2 | 90.0 | 25.0 | 57.5 |",
         "| Deep supervision 2 | 2 | 85.0 | 5.0 | 45.0 |",
     ]
+
+
+def test_table3_without_flops_files_has_one_gmacs_column(runs: Path) -> None:
+    markdown, _ = report.render_report(runs)
+    lines = section(markdown, "Table III")
+    assert lines[2] == "| Methods | Pyramid upsampler | GMACs | paper |"
+    assert lines[4] == "| Deep supervision | - | – | 356.69 |"
+    assert "No `vpnext flops --json` files in `flops/` (run `make flops`)." in lines

@@ -522,7 +522,7 @@ def _flops_section(records: Sequence[dict[str, Any]]) -> str:
         key = table3_row(record["switches"])
         if key is not None:
             rows[key][_decoder_of(record["switches"])] = record
-    header = ["Methods", "Pyramid upsampler", *(f"{d}, GMACs" for d in decoders or ["GMACs"]), "paper"]
+    header = ["Methods", "Pyramid upsampler", *([f"{d}, GMACs" for d in decoders] or ["GMACs"]), "paper"]
     table = markdown_table(
         header,
         [
