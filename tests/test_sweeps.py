@@ -284,3 +284,16 @@ def test_non_grid_sweeps_are_rejected(tmp_path: Path) -> None:
     bad.write_text("method: grid\ncommand: [vpnext]\nparameters: {lr: {min: 0.1, max: 1}}\n")
     with pytest.raises(ValueError, match="exactly one key"):
         runner.load_sweep(bad)
+
+
+def test_only_runs_the_selected_points_in_sweep_order(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    points = runner.plan_runs(VCR_LAYERS, tmp_path)
+    only = ["--only", "aux=vcr,aux_layers=2", "--only", "aux=none"]
+    lines = dry_run(capsys, VCR_LAYERS, "--runs-dir", str(tmp_path), *only)
+    # Segmenter (aux=none) comes before VCR-2 in the sweep, and aux=vcr alone would also match VCR-1 and -3.
+    assert [line.split("--run.dir=")[1] for line in lines] == [str(points[i].run_dir) for i in (1, 3)]
+    with pytest.raises(SystemExit):
+        runner.main([VCR_LAYERS, "--dry-run", "--only", "aux_layers=4"])
+    assert "--only aux_layers=4 matches no point of the sweep; its points: aux=deep_supervision" in (
+        capsys.readouterr().err
+    )

@@ -52,7 +52,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["SweepPoint", "agent_command", "grid_points", "load_sweep", "main", "plan_runs"]
+__all__ = ["SweepPoint", "agent_command", "grid_points", "load_sweep", "main", "plan_runs", "select_points"]
 
 RESULTS_FILE = "results.json"  # the CLI's per-run output; kept in sync with vpnext.training.results
 #: Written into a run folder whose process exited with an error: the next start reruns it afresh.
@@ -193,6 +193,31 @@ def plan_runs(
         command = [*agent_command(sweep, params), *overrides]
         points.append(SweepPoint(params, command, root / point_name(sweep, params, command)))
     return points
+
+
+def _swept_values(point: SweepPoint) -> list[str]:
+    """The ``name=value`` parts of a point's run-directory name (its hash left out)."""
+    return point.run_dir.name.rsplit("-", 1)[0].split(",")
+
+
+def select_points(points: Sequence[SweepPoint], specs: Sequence[str]) -> list[SweepPoint]:
+    """The points that match any of ``specs``, in sweep order.
+
+    A spec is one or more ``name=value`` parts joined by commas, written as in the run-directory
+    names (``hiclr_depth=3``, ``aux=vcr,aux_layers=2``); a point matches when it has every part.
+
+    Raises:
+        ValueError: A spec that matches no point (the message lists the points).
+    """
+    chosen: set[int] = set()
+    for spec in specs:
+        wanted = set(spec.split(","))
+        matched = {i for i, point in enumerate(points) if wanted <= set(_swept_values(point))}
+        if not matched:
+            names = "; ".join(",".join(_swept_values(p)) for p in points)
+            raise ValueError(f"--only {spec} matches no point of the sweep; its points: {names}")
+        chosen |= matched
+    return [point for i, point in enumerate(points) if i in chosen]
 
 
 def overridden_sweep_keys(sweep: dict[str, Any], overrides: Sequence[str]) -> list[str]:
@@ -414,6 +439,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--runs-dir", default="runs/sweeps", help="parent of the runs (default: %(default)s)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE[,NAME=VALUE]",
+        help="run only the points with these swept values, as in the run-directory names "
+        "(e.g. hiclr_depth=3 or aux=vcr,aux_layers=2); repeatable",
+    )
+    parser.add_argument(
         "--gpus", default="", help="comma-separated GPU ids: one run at a time on each (default: sequential)"
     )
     parser.add_argument(
@@ -425,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``vpnext sweep SWEEP_FILE [--dry-run] [--runs-dir DIR] [--gpus 0,1] [-- overrides...]``.
+    """``vpnext sweep SWEEP_FILE [--dry-run] [--only NAME=VALUE] [--runs-dir DIR] [--gpus 0,1] [-- ...]``.
 
     Returns:
         0 when every run finished (or had finished before), 1 when any failed, 2 on usage errors.
@@ -442,6 +475,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"vpnext sweep: wrote {export_sweep(options.sweep_file, options.export, overrides)}")
             return 0
         points = plan_runs(options.sweep_file, options.runs_dir, overrides)
+        if options.only:
+            points = select_points(points, options.only)
         clashes = overridden_sweep_keys(load_sweep(options.sweep_file), overrides)
     except (OSError, ValueError, yaml.YAMLError) as err:
         parser.error(str(err))
