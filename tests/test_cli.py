@@ -68,6 +68,9 @@ def test_fit_writes_checkpoints_results_and_logs(fit_run: Path) -> None:
     assert results["seed"] == 0  # seed_everything's default: report groups runs by everything else
     assert 0 < results["inference_gmacs"] < 5  # tiny ViT at 64x64, counted as `vpnext flops` does
     assert results["evaluated_at_step"] == 2
+    # The wall time is labelled with what it was measured on.
+    assert results["machine"]["threads"] == torch.get_num_threads()
+    assert isinstance(results["machine"]["device"], str) and results["machine"]["device"]
     assert results["checkpoint"]["last"] == str(fit_run / "checkpoints" / "last.ckpt")
     assert results["best_mIoU"] is not None
     checkpoint = torch.load(results["checkpoint"]["last"], map_location="cpu", weights_only=True)

@@ -223,6 +223,23 @@ def _seeded(
     path.write_text(json.dumps(record))
 
 
+def test_setting_line_says_which_machines_timed_the_runs(tmp_path: Path) -> None:
+    """Wall times from different machines are not comparable: the line under the table names them."""
+    root = tmp_path / "runs"
+    machines = [{"device": "CPU A", "threads": 2}, {"device": "CPU A", "threads": 2}, None]
+    for seed, machine in enumerate(machines):
+        _seeded(root, f"ds{seed}", 0.4, seed, aux="deep_supervision")
+        if machine is not None:
+            path = root / f"ds{seed}" / "results.json"
+            path.write_text(json.dumps({**json.loads(path.read_text()), "machine": machine}))
+    markdown, _ = report.render_report(root)
+    assert "Timed on CPU A, 2 threads (2 run(s)); not recorded (1 run(s))." in markdown
+    # Runs from before the field: no line at all.
+    for seed in (0, 1):
+        (root / f"ds{seed}" / "results.json").unlink()
+    assert "Timed on" not in report.render_report(root)[0]
+
+
 def test_seeds_are_one_row_with_mean_std_and_n(tmp_path: Path) -> None:
     """Runs that differ only in seed_everything form one row: mean ± sample std (n), GMACs, wall."""
     root = tmp_path / "runs"

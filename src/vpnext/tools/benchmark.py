@@ -35,13 +35,10 @@ import contextlib
 import inspect
 import math
 import os
-import platform
-import re
 import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -54,6 +51,7 @@ from vpnext.tools.flops import count_macs
 from vpnext.tools.flops_cmd import _parser, write_json
 from vpnext.tools.model_config import ModelConfig, load_model_config
 from vpnext.training.optim import build_optimizer
+from vpnext.training.results import device_name
 
 __all__ = ["BackboneOnly", "main", "run_benchmark", "time_interleaved"]
 
@@ -319,16 +317,6 @@ def per_module_report(
     return rows
 
 
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    with contextlib.suppress(OSError):
-        match = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
-        if match:
-            return match.group(1).strip()
-    return platform.processor() or platform.machine()
-
-
 def run_benchmark(
     config: ModelConfig,
     image_size: tuple[int, int],
@@ -384,7 +372,7 @@ def run_benchmark(
     result: dict[str, Any] = {
         "environment": {
             "device": device.type,
-            "device_name": _device_name(device),
+            "device_name": device_name(device),
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "bf16": bf16,

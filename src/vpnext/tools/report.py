@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +74,7 @@ class Run:
     gmacs: float | None = None
     config_key: str = ""
     per_class: tuple[tuple[str, float], ...] = ()
+    machine: str | None = None
 
     @property
     def decoder(self) -> str:
@@ -120,6 +122,7 @@ def load_runs(runs_dir: str | Path, metric: str = "mIoU", split: str = "val") ->
                 gmacs=record.get("inference_gmacs"),
                 config_key=key,
                 per_class=tuple((record.get("per_class_iou") or {}).items()),
+                machine=_machine(record),
             )
         )
     return runs
@@ -141,6 +144,11 @@ def _read_record(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) else None
+
+
+def _machine(record: dict[str, Any]) -> str | None:
+    machine = record.get("machine")
+    return f"{machine['device']}, {machine['threads']} threads" if isinstance(machine, dict) else None
 
 
 def incomplete_runs(runs_dir: str | Path) -> list[Path]:
@@ -370,7 +378,11 @@ def _setting_line(groups: Iterable[RowRuns]) -> str:
         values = sorted({str(r.setting[index][1]) for r in shown})
         parts.append(f"{name} {'/'.join(values)}")
     seeds = sorted({str(r.seed) for r in shown})
-    return f"{len(shown)} run(s), seeds {'/'.join(seeds)}: " + ", ".join(parts) + "."
+    line = f"{len(shown)} run(s), seeds {'/'.join(seeds)}: " + ", ".join(parts) + "."
+    machines = Counter(r.machine or "not recorded" for r in shown)
+    if set(machines) != {"not recorded"}:  # results.json files from before the field have no machine
+        line += " Timed on " + "; ".join(f"{name} ({n} run(s))" for name, n in sorted(machines.items())) + "."
+    return line
 
 
 def _percent(value: float | None) -> str:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import platform
+import re
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -32,6 +34,7 @@ __all__ = [
     "LastCheckpoint",
     "PredictionWriter",
     "ResultsWriter",
+    "device_name",
     "read_results",
 ]
 
@@ -40,6 +43,17 @@ RESULTS_FILE = "results.json"
 COVERAGE_KEYS = ("images_evaluated", "images_distinct", "split_size", "partial", "images_repeated")
 #: Bump when a field changes meaning or disappears (adding fields keeps the version).
 SCHEMA_VERSION = 1
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's or CPU's model name (``/proc/cpuinfo`` on Linux), to label timings with."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        match = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
+    except OSError:
+        match = None
+    return match.group(1).strip() if match else platform.processor() or platform.machine()
 
 
 class ResultsWriter(Callback):
@@ -146,6 +160,8 @@ class ResultsWriter(Callback):
             "inference_gmacs": _inference_gmacs(pl_module, getattr(datamodule, "crop_size", None)),
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "checkpoint": {"evaluated": _ckpt_path(trainer, stage), "best": None, "last": None},
+            # What the wall time was measured on: timings are only comparable on one machine.
+            "machine": {"device": device_name(pl_module.device), "threads": torch.get_num_threads()},
             "versions": {
                 "vpnext": vpnext.__version__,
                 "torch": torch.__version__,
