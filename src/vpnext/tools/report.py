@@ -379,8 +379,8 @@ def _setting_line(groups: Iterable[RowRuns]) -> str:
         parts.append(f"{name} {'/'.join(values)}")
     seeds = sorted({str(r.seed) for r in shown})
     line = f"{len(shown)} run(s), seeds {'/'.join(seeds)}: " + ", ".join(parts) + "."
-    machines = Counter(r.machine or "not recorded" for r in shown)
-    if set(machines) != {"not recorded"}:  # results.json files from before the field have no machine
+    if any(r.machine for r in shown):  # results.json files from before the field have no machine
+        machines = Counter(r.machine or "not recorded" for r in shown)
         line += " Timed on " + "; ".join(f"{name} ({n} run(s))" for name, n in sorted(machines.items())) + "."
     return line
 
