@@ -375,3 +375,29 @@ def test_table3_without_flops_files_has_one_gmacs_column(runs: Path) -> None:
     assert lines[2] == "| Methods | Pyramid upsampler | GMACs | paper |"
     assert lines[4] == "| Deep supervision | - | – | 356.69 |"
     assert "No `vpnext flops --json` files in `flops/` (run `make flops`)." in lines
+
+
+def test_held_out_group_runs_show_both_validation_sets_side_by_side(tmp_path: Path) -> None:
+    """Runs validated on held-out groups also scored the official val: one column each."""
+    root = tmp_path / "runs"
+    held = {"val_groups": ["0006R0"], "train": {"0001TP": 62}, "val": {"0006R0": 101}}
+    for seed, (unseen, official) in enumerate([(0.30, 0.50), (0.32, 0.54)]):
+        folder = write_run(root, f"ds{seed}", unseen, aux="deep_supervision")
+        path = folder / "results.json"
+        record = json.loads(path.read_text())
+        record.update(seed=seed, data={**SETTING, "groups": held}, official_val={"mIoU": official})
+        path.write_text(json.dumps(record))
+    markdown, _ = report.render_report(root)
+    assert section(markdown, "Table I")[2] == (
+        "| Methods | Num# DS layers | mIoU(%) | official val mIoU(%) | GMACs | wall (min) | paper |"
+    )
+    assert table_rows(markdown, "Table I")[0] == (
+        "| Deep supervision | 2 | 31.00 ± 1.41 (n=2) | 52.00 ± 2.83 (n=2) | – | – | 66.50 |"
+    )
+    assert "val groups 0006R0." in markdown
+    # A same-video run in the same folder is another protocol: flagged, never averaged in.
+    write_run(root, "old", 0.9, finished="2024-01-01T00:00:00+00:00", aux="deep_supervision")
+    markdown, _ = report.render_report(root)
+    assert table_rows(markdown, "Table I")[0].startswith("| Deep supervision | 2 | 31.00 ± 1.41 (n=2) |")
+    assert "runs differ in val: groups 0006R0, split" not in markdown  # the old run is not shown
+    assert "1 run(s) of another configuration not shown" in markdown

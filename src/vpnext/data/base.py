@@ -16,7 +16,8 @@ the original resolution.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import copy
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -170,6 +171,16 @@ class SegmentationDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def subset(self, samples: Iterable[Sample], split: str) -> SegmentationDataset:
+        """A copy reading ``samples`` (already checked) under the split name ``split``.
+
+        Used to regroup splits, e.g. to validate on whole held-out groups (:mod:`vpnext.data.groups`).
+        """
+        clone = copy.copy(self)
+        clone.samples = list(samples)
+        clone.split = split
+        return clone
 
     def check(self, decode: bool = False) -> None:
         """Scan every sample and raise one DatasetError listing all problems found.

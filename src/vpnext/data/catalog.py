@@ -45,6 +45,8 @@ class DatasetSpec:
         train_split: Default training split name.
         val_split: Default validation split name.
         test_split: Default test split name.
+        group_pattern: How a file's group (video, city) is read from its path, for validation on
+            held-out groups (:mod:`vpnext.data.groups`); ``None``: the dataset declares none.
     """
 
     name: str
@@ -60,6 +62,7 @@ class DatasetSpec:
     train_split: str = "train"
     val_split: str = "val"
     test_split: str = "val"
+    group_pattern: str | None = None
 
     @property
     def num_classes(self) -> int:
@@ -134,6 +137,8 @@ DATASETS: dict[str, DatasetSpec] = {
             test_scale=(2048, 1024),
             slide_crop=_square(768),
             slide_stride=_square(512),
+            # The city: leftImg8bit/<split>/<city>/<city>_<seq>_<frame>_leftImg8bit.png
+            group_pattern=r"^leftImg8bit/[^/]+/(?P<group>[^/]+)/",
         ),
         DatasetSpec(
             name="voc_aug",
@@ -169,6 +174,8 @@ DATASETS: dict[str, DatasetSpec] = {
             slide_crop=_square(256),
             slide_stride=_stride(256),
             void_ids=(C.CAMVID_VOID_ID,),
+            # The video: the file-name prefix (0001TP_006690.png, 0006R0_f00930.png, 0016E5_07959.png).
+            group_pattern=r"(?P<group>[^/_]+)_[^/]*$",
         ),
         DatasetSpec(
             name="synthetic",

@@ -26,6 +26,7 @@ from vpnext.data.catalog import IGNORE_INDEX, DatasetSpec, get_dataset_spec
 from vpnext.data.classes import RGB
 from vpnext.data.datasets import DATASET_CLASSES, ImageFolderDataset
 from vpnext.data.errors import DatasetError
+from vpnext.data.groups import GroupRule, count_groups, split_by_groups
 from vpnext.data.resume import EpochSeededDataset, ResumableSampler
 from vpnext.data.sampling import EvalDistributedSampler
 from vpnext.models.backbone import backbone_normalization
@@ -65,6 +66,14 @@ def seed_worker(worker_id: int) -> None:
         _reseed_transform(info.dataset, seed)
 
 
+def _names(value: str | list[str] | None) -> list[str] | None:
+    """Group names from ``"a,b"`` or ``[a, b]`` (``None`` stays ``None``)."""
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else value
+    return [str(v).strip() for v in items if str(v).strip()]
+
+
 def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
     if isinstance(size, int):
         return (size, size)
@@ -81,8 +90,18 @@ class SegDataModule(L.LightningDataModule):
             ``ade20k``, ``camvid``, ``folder`` or ``synthetic``.
         root: Dataset root (see docs/datasets.md for each layout). For ``synthetic`` the cache
             folder to generate into (``None``: the default cache); required otherwise.
-        train_split: Training split; ``None`` uses the dataset default (e.g. ``trainaug`` for VOC).
+        train_split: Training split, or a list of splits trained on together (``[train, val]``);
+            ``None`` uses the dataset default (e.g. ``trainaug`` for VOC).
         val_split: Validation split; ``None`` uses the dataset default.
+        val_groups: Group names (a list, or one string with commas) to validate on: whole groups
+            of frames (videos, cities; see :mod:`vpnext.data.groups`). Every frame of these
+            groups, from the training split(s) and the val split, leaves training and becomes the
+            validation set (logged as ``val/...``). The rest of the val split, when no training
+            split lists it, is scored beside it as ``official_val/...``. ``None``: validate on
+            ``val_split``.
+        group_pattern: Regular expression that reads a file's group from its path relative to
+            the root (named group ``group``, else the first group); ``None`` uses the dataset's
+            own rule (CamVid: the video prefix, Cityscapes: the city).
         test_split: Test split; ``None`` uses the dataset default (val for all but held-out data).
         crop_size: Training crop, an int or ``(height, width)``; ``None`` uses the dataset default.
         train_scale: Base ``(long, short)`` scale of the random rescale; ``None`` uses the dataset
@@ -123,9 +142,11 @@ class SegDataModule(L.LightningDataModule):
         self,
         dataset: str = "synthetic",
         root: str | None = None,
-        train_split: str | None = None,
+        train_split: str | list[str] | None = None,
         val_split: str | None = None,
         test_split: str | None = None,
+        val_groups: str | list[str] | None = None,
+        group_pattern: str | None = None,
         crop_size: int | tuple[int, int] | None = None,
         train_scale: tuple[int, int] | None = None,
         ratio_range: tuple[float, float] = (0.5, 2.0),
@@ -171,6 +192,15 @@ class SegDataModule(L.LightningDataModule):
         self.val_set: SegmentationDataset | None = None
         self.test_set: SegmentationDataset | None = None
         self.predict_set: SegmentationDataset | None = None
+        #: The val split outside the held-out groups, scored beside them (``val_groups`` only).
+        self.official_val_set: SegmentationDataset | None = None
+        #: The held-out groups (``"a,b"`` and ``[a, b]`` alike), ``None`` without.
+        self.val_groups = _names(val_groups)
+        if val_groups is not None and self.group_rule is None:
+            raise DatasetError(
+                f"val_groups: dataset {dataset!r} declares no group rule; give one with "
+                "--data.group_pattern=REGEX (docs/datasets.md, 'Validating on held-out groups')"
+            )
         #: Where the training stream stands, from a checkpoint (see ``load_state_dict``).
         self._resume_from: dict[str, int] | None = None
         self._train_sampler: ResumableSampler | None = None
@@ -238,6 +268,43 @@ class SegDataModule(L.LightningDataModule):
         """Sliding-window stride for single-scale testing."""
         return self._slide_stride
 
+    @functools.cached_property
+    def group_rule(self) -> GroupRule | None:
+        """How a file's group is read (``group_pattern``, else the dataset's rule, else ``None``)."""
+        pattern = self.hparams.group_pattern or self.spec.group_pattern
+        return None if pattern is None else GroupRule(pattern)
+
+    @property
+    def train_splits(self) -> list[str]:
+        """The split(s) trained on."""
+        split = self.hparams.train_split or self.spec.train_split
+        return [split] if isinstance(split, str) else [str(s) for s in split]
+
+    @property
+    def val_set_names(self) -> tuple[str, ...]:
+        """Names the validation sets are logged under: ``val``, then ``official_val`` if scored."""
+        return ("val", "official_val") if self.official_val_set is not None else ("val",)
+
+    def group_summary(self) -> dict[str, Any] | None:
+        """Frames per group of each set built so far (for ``results.json``); ``None`` without a rule."""
+        rule = self.group_rule
+        if rule is None or self._root is None:
+            return None
+        sets = {
+            "train": self.train_set,
+            "val": self.val_set,
+            "official_val": self.official_val_set,
+            "test": self.test_set,
+        }
+        return {
+            "rule": rule.pattern,
+            "val_groups": self.val_groups,
+            **{
+                name: None if ds is None else count_groups(rule, self._root, ds.samples)
+                for name, ds in sets.items()
+            },
+        }
+
     @property
     def root(self) -> Path | None:
         """Dataset root (for ``synthetic`` known after ``prepare_data``/``setup``)."""
@@ -292,8 +359,15 @@ class SegDataModule(L.LightningDataModule):
             stage: ``fit``, ``validate``, ``test``, ``predict`` or ``None`` for all.
         """
         hp = self.hparams
+        if self.val_groups is not None:
+            self._setup_groups(stage)
         if stage in ("fit", None) and self.train_set is None:
-            self.train_set = self._make(hp.train_split or self.spec.train_split, train=True)
+            splits = self.train_splits
+            train_set = self._make(splits[0], train=True)
+            if len(splits) > 1:
+                extra = [s for split in splits[1:] for s in self._make(split, train=False).samples]
+                train_set = train_set.subset(train_set.samples + extra, "+".join(splits))
+            self.train_set = train_set
         if stage in ("fit", "validate", None) and self.val_set is None:
             self.val_set = self._make(hp.val_split or self.spec.val_split, train=False)
         if stage in ("test", None) and self.test_set is None:
@@ -306,6 +380,26 @@ class SegDataModule(L.LightningDataModule):
                 self.predict_set = ImageFolderDataset(hp.predict_dir, self.spec, transform)
             else:
                 self.predict_set = self._make(hp.val_split or self.spec.val_split, train=False)
+
+    def _setup_groups(self, stage: str | None) -> None:
+        """Validate on the ``val_groups``: their frames leave training and form the val set."""
+        if stage not in ("fit", "validate", None) or self.val_set is not None:
+            return
+        hp, rule, root = self.hparams, self.group_rule, self._ensure_root()
+        assert rule is not None  # checked in __init__
+        splits, val_split = self.train_splits, hp.val_split or self.spec.val_split
+        listed = {split: self._make(split, train=False) for split in dict.fromkeys([*splits, val_split])}
+        train = [s for split in splits for s in listed[split].samples]
+        val = [] if val_split in splits else listed[val_split].samples
+        where = f"split(s) {', '.join(dict.fromkeys([*splits, val_split]))} of {self.dataset_name!r}"
+        plan = split_by_groups(rule, root, train, val, self.val_groups or [], where=where)
+        held = ",".join(plan.val_groups)
+        if stage in ("fit", None):
+            train_set = self._make(splits[0], train=True)
+            self.train_set = train_set.subset(plan.train, f"{'+'.join(splits)} without {held}")
+        self.val_set = listed[splits[0]].subset(plan.val, f"groups {held}")
+        if plan.rest_of_val:
+            self.official_val_set = listed[val_split].subset(plan.rest_of_val, val_split)
 
     def _loader(self, dataset: SegmentationDataset | None, batch_size: int, train: bool) -> DataLoader:
         if dataset is None:
@@ -404,9 +498,16 @@ class SegDataModule(L.LightningDataModule):
         if "epoch" in state_dict and "batches" in state_dict:
             self._resume_from = {k: int(v) for k, v in state_dict.items()}
 
-    def val_dataloader(self) -> DataLoader:
-        """Validation samples in list order (image resized per ``test_scale``, original label)."""
-        return self._loader(self.val_set, self.hparams.val_batch_size, train=False)
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """Validation samples in list order (image resized per ``test_scale``, original label).
+
+        With ``val_groups`` and the rest of the val split to score, two loaders in the order of
+        :attr:`val_set_names`.
+        """
+        loader = self._loader(self.val_set, self.hparams.val_batch_size, train=False)
+        if self.official_val_set is None:
+            return loader
+        return [loader, self._loader(self.official_val_set, self.hparams.val_batch_size, train=False)]
 
     def test_dataloader(self) -> DataLoader:
         """Test samples, same format as validation."""

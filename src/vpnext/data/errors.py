@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 class DatasetError(ValueError):
-    """A dataset on disk is missing, incomplete or malformed.
+    """A dataset on disk is missing, incomplete or malformed, or a split asked of it cannot be made.
 
     The message always names the offending file (or folder) and the problem, so a run fails before
     training starts instead of silently skipping or mis-reading samples.

@@ -177,10 +177,14 @@ class SegmentationModule(L.LightningModule):
         )
         self.val_iou = jaccard_index(num_classes, ignore_index)
         self.test_iou = jaccard_index(num_classes, ignore_index)
+        # The val split scored beside held-out groups (SegDataModule's val_groups); no saved state.
+        self.official_val_iou = jaccard_index(num_classes, ignore_index)
         # How often each image of the split was scored (summed over ranks at the epoch end).
         self.val_images = ImageTally()
         self.test_images = ImageTally()
-        #: Last completed evaluation per split ("val", "test"): mIoU, per-class IoU, step, image counts.
+        self.official_val_images = ImageTally()
+        #: Last completed evaluation per set ("val", "official_val", "test"): mIoU, per-class IoU,
+        #: step, image counts.
         self.evaluation_results: dict[str, dict[str, Any]] = {}
         #: Optimiser step of the checkpoint the weights came from (validate/test/predict report it).
         self.checkpoint_step = 0
@@ -286,17 +290,30 @@ class SegmentationModule(L.LightningModule):
             pairs.append((scores.argmax(1), labels[i : i + 1, :oh, :ow]))
         return pairs
 
+    def _val_sets(self) -> tuple[str, ...]:
+        """Names of the validation loaders, in order (``val``, then ``official_val`` if any)."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        return tuple(getattr(datamodule, "val_set_names", ("val",)))
+
+    def _val_state(self, dataloader_idx: int) -> tuple[Any, ImageTally]:
+        name = self._val_sets()[dataloader_idx]
+        return getattr(self, f"{name}_iou"), getattr(self, f"{name}_images")
+
     def on_validation_epoch_start(self) -> None:
-        self.val_images.reset(_split_size(self.trainer.val_dataloaders))
+        loaders = self.trainer.val_dataloaders
+        loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
+        for idx, loader in enumerate(loaders):
+            self._val_state(idx)[1].reset(_split_size(loader))
 
     def on_test_epoch_start(self) -> None:
         self.test_images.reset(_split_size(self.trainer.test_dataloaders))
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         """Accumulate the validation confusion counts of one batch (and which images it held)."""
+        metric, tally = self._val_state(dataloader_idx)
         for pred, label in self._score_batch(batch):
-            self.val_iou.update(pred, label)
-        self.val_images.update(_metas(batch))
+            metric.update(pred, label)
+        tally.update(_metas(batch))
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Accumulate the test confusion counts of one batch (and which images it held)."""
@@ -305,8 +322,12 @@ class SegmentationModule(L.LightningModule):
         self.test_images.update(_metas(batch))
 
     def on_validation_epoch_end(self) -> None:
-        """Log ``val/mIoU`` and ``val/IoU/<class>`` over the whole split (all ranks)."""
-        self._log_split("val", self.val_iou, self.val_images)
+        """Log ``val/mIoU`` and ``val/IoU/<class>`` over the whole split (all ranks).
+
+        With a second validation set (``official_val``), also ``official_val/mIoU`` and its IoUs.
+        """
+        for name in self._val_sets():
+            self._log_split(name, *self._val_state(self._val_sets().index(name)))
 
     def on_test_epoch_end(self) -> None:
         """Log ``test/mIoU`` and ``test/IoU/<class>`` over the whole split (all ranks)."""

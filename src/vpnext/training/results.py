@@ -139,6 +139,8 @@ class ResultsWriter(Callback):
             "confusion_matrix": None if evaluation is None else evaluation.get("confusion_matrix"),
             # Coverage of that evaluation: each image once means evaluated == distinct == split_size.
             **{key: None if evaluation is None else evaluation.get(key) for key in COVERAGE_KEYS},
+            # The val split scored beside held-out groups (data.val_groups), else null.
+            "official_val": _other_evaluation(pl_module, "official_val") if split == "val" else None,
             "best_mIoU": None,
             "model": _jsonable(getattr(pl_module, "model_hparams", {})),
             "hparams": _jsonable(dict(pl_module.hparams)),
@@ -147,6 +149,8 @@ class ResultsWriter(Callback):
                 "dataset": getattr(datamodule, "dataset_name", None),
                 "num_classes": getattr(datamodule, "num_classes", None),
                 "crop_size": _jsonable(getattr(datamodule, "crop_size", None)),
+                # Frames per group (video, city) of each set: which were trained on and scored.
+                "groups": _group_summary(datamodule),
             },
             "num_params": num_params,
             "num_trainable_params": sum(p.numel() for p in pl_module.parameters() if p.requires_grad),
@@ -285,6 +289,24 @@ def _inference_gmacs(pl_module: L.LightningModule, crop: Any) -> float | None:
         return round(measure_macs(model, tuple(crop))["gmacs"], 4)
     except Exception:  # noqa: BLE001 - the figure is informative only
         return None
+
+
+def _other_evaluation(pl_module: L.LightningModule, name: str) -> dict[str, Any] | None:
+    """mIoU, per-class IoU, step and image count of a second validation set, if it was scored."""
+    evaluation = getattr(pl_module, "evaluation_results", {}).get(name)
+    if evaluation is None:
+        return None
+    return {
+        "mIoU": _finite(evaluation["mIoU"]),
+        "per_class_iou": evaluation["per_class_iou"],
+        "evaluated_at_step": evaluation["step"],
+        "images_evaluated": evaluation.get("images_evaluated"),
+    }
+
+
+def _group_summary(datamodule: Any) -> dict[str, Any] | None:
+    summary = getattr(datamodule, "group_summary", None)
+    return _jsonable(summary()) if callable(summary) else None
 
 
 def _eval_protocol(pl_module: L.LightningModule) -> dict[str, Any] | None:
