@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,13 @@ def test_fit_writes_checkpoints_results_and_logs(fit_run: Path) -> None:
     # The wall time is labelled with what it was measured on.
     assert results["machine"]["threads"] == torch.get_num_threads()
     assert isinstance(results["machine"]["device"], str) and results["machine"]["device"]
+    # ... and with the code that made it (a git checkout here; None for an installed wheel).
+    if (Path(__file__).resolve().parents[1] / ".git").exists():
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+        assert results["code"]["commit"] == head.stdout.strip()
+        assert isinstance(results["code"]["dirty"], bool)
+    else:
+        assert "code" in results
     assert results["checkpoint"]["last"] == str(fit_run / "checkpoints" / "last.ckpt")
     assert results["best_mIoU"] is not None
     checkpoint = torch.load(results["checkpoint"]["last"], map_location="cpu", weights_only=True)

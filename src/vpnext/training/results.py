@@ -8,11 +8,13 @@ so a reader never sees half a file.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import platform
 import re
+import subprocess
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -34,6 +36,7 @@ __all__ = [
     "LastCheckpoint",
     "PredictionWriter",
     "ResultsWriter",
+    "code_version",
     "device_name",
     "read_results",
 ]
@@ -54,6 +57,27 @@ def device_name(device: torch.device) -> str:
     except OSError:
         match = None
     return match.group(1).strip() if match else platform.processor() or platform.machine()
+
+
+@functools.cache
+def code_version() -> dict[str, Any] | None:
+    """The git commit of the vpnext source tree and whether it had uncommitted changes.
+
+    ``None`` when the package is not in a git checkout (an installed wheel) or git is missing.
+    """
+    source = Path(vpnext.__file__).resolve().parent
+    try:
+
+        def git(*args: str) -> str:
+            return subprocess.run(
+                ["git", *args], cwd=source, capture_output=True, text=True, check=True, timeout=10
+            ).stdout.strip()
+
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", "."))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit, "dirty": dirty}
 
 
 class ResultsWriter(Callback):
@@ -166,6 +190,8 @@ class ResultsWriter(Callback):
             "checkpoint": {"evaluated": _ckpt_path(trainer, stage), "best": None, "last": None},
             # What the wall time was measured on: timings are only comparable on one machine.
             "machine": {"device": device_name(pl_module.device), "threads": torch.get_num_threads()},
+            # The code that made the result: "same seed" runs of two commits may differ.
+            "code": code_version(),
             "versions": {
                 "vpnext": vpnext.__version__,
                 "torch": torch.__version__,
