@@ -15,7 +15,8 @@ weight 0 and a warning.
 
 Usage::
 
-    python scripts/class_weights.py --dataset camvid --root ../shared/data/camvid [--scheme enet]
+    python scripts/class_weights.py --dataset camvid --root ../shared/data/camvid [--scheme enet] \
+        [--exclude-groups 0006R0]
 """
 
 from __future__ import annotations
@@ -33,8 +34,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", required=True)
     parser.add_argument("--split", default="train")
     parser.add_argument("--scheme", default="enet", choices=("enet", "median"))
+    parser.add_argument(
+        "--exclude-groups",
+        default="",
+        help="comma-separated groups (videos) to leave out, as --data.val_groups does: weights "
+        "from the frames a held-out-group run trains on",
+    )
     args = parser.parse_args(argv)
-    pixels, image_pixels, names = class_pixel_counts(args.dataset, args.root, args.split)
+    groups = [g.strip() for g in args.exclude_groups.split(",") if g.strip()]
+    pixels, image_pixels, names = class_pixel_counts(args.dataset, args.root, args.split, groups)
     weights = class_weights(pixels, image_pixels, args.scheme)
     share = pixels / pixels.sum()
     for name, p, w in zip(names, share, weights, strict=True):

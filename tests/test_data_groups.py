@@ -12,6 +12,7 @@ from PIL import Image
 from vpnext.cli import main
 from vpnext.data.base import Sample
 from vpnext.data.catalog import get_dataset_spec
+from vpnext.data.class_stats import class_pixel_counts
 from vpnext.data.datamodule import SegDataModule
 from vpnext.data.errors import DatasetError
 from vpnext.data.groups import GroupRule, split_by_groups
@@ -265,3 +266,15 @@ def test_fit_refuses_an_unknown_group_in_one_line(
     assert len(lines) == 1, lines
     assert lines[0].startswith("vpnext: error: val_groups: no frame of group(s) 0006R0"), lines[0]
     assert "AAA (2), BBB (4), CCC (1)" in lines[0]
+
+
+def test_class_counts_leave_out_the_held_out_groups(camvid_tree: Path) -> None:
+    """Class weights for a held-out-group run come from the frames it trains on."""
+    all_pixels, _, _ = class_pixel_counts("camvid", str(camvid_tree), "train")
+    kept, _, _ = class_pixel_counts("camvid", str(camvid_tree), "train", exclude_groups=["AAA"])
+    expected = np.zeros(11, dtype=np.int64)
+    for name in TRAIN_IDS[2:]:  # the BBB frames
+        label = np.asarray(Image.open(camvid_tree / "trainannot" / f"{name}.png"))
+        expected += np.bincount(label[label < 11].ravel(), minlength=11)[:11]
+    np.testing.assert_array_equal(kept, expected)
+    assert (kept < all_pixels).any() and (kept <= all_pixels).all()
