@@ -132,6 +132,25 @@ def test_photometric_distortion_changes_image_only() -> None:
     np.testing.assert_array_equal(out["mask"], label)
 
 
+@pytest.mark.parametrize("strength", ["mmseg", "strong"])
+def test_strong_photometric_tints_and_brightens_further(strength: str) -> None:
+    """mmseg's steps keep a gray frame gray; the strong ones also shift white balance, and their
+    brightness step reaches +-64 instead of +-32."""
+    gray = np.full((8, 8, 3), 128, np.uint8)
+    t = photometric_distortion(p=1.0, strength=strength)  # type: ignore[arg-type]
+    t.set_random_seed(0)
+    tinted = [np.ptp(t(image=gray)["image"].reshape(-1, 3).mean(0)) > 2 for _ in range(100)]
+    brightness = t.transforms[0]
+    assert isinstance(brightness, A.RandomBrightnessContrast)
+    if strength == "mmseg":
+        assert not any(tinted)
+        assert brightness.brightness_limit == pytest.approx((-32 / 255, 32 / 255))
+    else:
+        assert sum(tinted) > 25
+        assert brightness.brightness_limit == pytest.approx((-64 / 255, 64 / 255))
+        assert any(isinstance(step, A.RandomGamma) for step in t.transforms)
+
+
 def test_eval_transform_resizes_image_only() -> None:
     t = build_eval_transform((2048, 512))
     out = t(image=np.zeros((100, 200, 3), np.uint8))

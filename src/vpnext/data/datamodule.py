@@ -14,7 +14,7 @@ import os
 import random
 import signal
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
@@ -108,7 +108,9 @@ class SegDataModule(L.LightningDataModule):
             default.
         ratio_range: Random rescale range relative to ``train_scale``.
         cat_max_ratio: Largest share of one class in a training crop (1.0 disables re-drawing).
-        photometric: Apply photometric distortion during training.
+        photometric: Apply photometric distortion during training: ``True`` with mmseg's ranges,
+            ``"strong"`` with wider ones for scenes that differ in lighting (brightness +-64,
+            gamma, colour shift; :func:`vpnext.data.transforms.photometric_distortion`).
         test_scale: Keep-ratio ``(long, short)`` resize of val/test/predict images; ``None`` uses
             the dataset default.
         test_resize: If False, val/test/predict images keep their native size.
@@ -151,7 +153,7 @@ class SegDataModule(L.LightningDataModule):
         train_scale: tuple[int, int] | None = None,
         ratio_range: tuple[float, float] = (0.5, 2.0),
         cat_max_ratio: float = 0.75,
-        photometric: bool = True,
+        photometric: bool | Literal["strong"] = True,
         test_scale: tuple[int, int] | None = None,
         test_resize: bool = True,
         slide_crop: int | tuple[int, int] | None = None,

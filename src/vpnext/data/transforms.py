@@ -13,12 +13,14 @@ Photometric distortion uses albumentations' ops with mmseg's ranges, each applie
 brightness +-32 (additive), contrast x[0.5, 1.5], saturation x[0.5, 1.5] (blend with gray, as
 torchvision does, where mmseg scales HSV saturation) and hue +-18 (OpenCV units, i.e. +-36 deg).
 mmseg's random choice of contrast before or after the HSV steps is not reproduced: contrast is
-always applied first.
+always applied first. ``photometric="strong"`` widens it for data whose scenes differ in lighting
+(CamVid's videos run from dusk to bright day): brightness +-64, plus gamma x[0.6, 1.6] and a
+per-channel colour shift of +-20 (white balance), see :func:`photometric_distortion`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import albumentations as A
 import cv2
@@ -188,23 +190,32 @@ class CatMaxRatioCrop(A.DualTransform):
         return mask[y0:y1, x0:x1]
 
 
-def photometric_distortion(p: float = 0.5) -> A.Compose:
+def photometric_distortion(p: float = 0.5, strength: Literal["mmseg", "strong"] = "mmseg") -> A.Compose:
     """mmseg's ``PhotoMetricDistortion`` ranges with albumentations ops (see module docstring).
 
     Args:
-        p: Probability of each of the four steps.
+        p: Probability of each step.
+        strength: ``mmseg`` (its four steps and ranges) or ``strong``: brightness +-64 instead of
+            +-32, then also a gamma curve x[0.6, 1.6] and a per-channel shift of +-20 (p each).
 
     Returns:
         An image-only sub-pipeline.
     """
-    return A.Compose(
-        [
-            A.RandomBrightnessContrast(brightness_limit=(-32 / 255, 32 / 255), contrast_limit=0, p=p),
-            A.RandomBrightnessContrast(brightness_limit=0, contrast_limit=(-0.5, 0.5), p=p),
-            A.ColorJitter(brightness=0, contrast=0, saturation=(0.5, 1.5), hue=0, p=p),
-            A.HueSaturationValue(hue_shift_limit=(-18, 18), sat_shift_limit=0, val_shift_limit=0, p=p),
+    brightness = (32 if strength == "mmseg" else 64) / 255
+    steps = [
+        A.RandomBrightnessContrast(brightness_limit=(-brightness, brightness), contrast_limit=0, p=p),
+        A.RandomBrightnessContrast(brightness_limit=0, contrast_limit=(-0.5, 0.5), p=p),
+    ]
+    if strength == "strong":
+        steps += [
+            A.RandomGamma(gamma_limit=(60, 160), p=p),
+            A.RGBShift(r_shift_limit=20, g_shift_limit=20, b_shift_limit=20, p=p),
         ]
-    )
+    steps += [
+        A.ColorJitter(brightness=0, contrast=0, saturation=(0.5, 1.5), hue=0, p=p),
+        A.HueSaturationValue(hue_shift_limit=(-18, 18), sat_shift_limit=0, val_shift_limit=0, p=p),
+    ]
+    return A.Compose(steps)
 
 
 def build_train_transform(
@@ -214,7 +225,7 @@ def build_train_transform(
     ratio_range: tuple[float, float] = (0.5, 2.0),
     cat_max_ratio: float = 0.75,
     flip_prob: float = 0.5,
-    photometric: bool = True,
+    photometric: bool | Literal["strong"] = True,
     mean: tuple[float, float, float] = IMAGENET_MEAN,
     std: tuple[float, float, float] = IMAGENET_STD,
     seed: int | None = None,
@@ -227,7 +238,8 @@ def build_train_transform(
         ratio_range: Rescale range.
         cat_max_ratio: See :class:`CatMaxRatioCrop` (1.0 disables).
         flip_prob: Horizontal flip probability.
-        photometric: Whether to apply :func:`photometric_distortion`.
+        photometric: Whether to apply :func:`photometric_distortion` (``True``: mmseg's ranges;
+            ``"strong"``: the wider ones).
         mean: Normalisation mean (fractions of 255).
         std: Normalisation std (fractions of 255).
         seed: Seed of the pipeline's random state (``None``: from the OS).
@@ -241,7 +253,7 @@ def build_train_transform(
         A.HorizontalFlip(p=flip_prob),
     ]
     if photometric:
-        steps.append(photometric_distortion())
+        steps.append(photometric_distortion(strength="strong" if photometric == "strong" else "mmseg"))
     steps += [
         A.Normalize(mean=mean, std=std, max_pixel_value=255.0),
         # mmseg pads bottom/right after normalising, so padded image pixels are 0 = the mean.
