@@ -70,7 +70,8 @@ def _names(value: str | list[str] | None) -> list[str] | None:
     """Group names from ``"a,b"`` or ``[a, b]`` (``None`` stays ``None``)."""
     if value is None:
         return None
-    items = value.split(",") if isinstance(value, str) else value
+    # The command line may hand over a YAML-style list as one string: "[a,b]".
+    items = value.strip().removeprefix("[").removesuffix("]").split(",") if isinstance(value, str) else value
     return [str(v).strip() for v in items if str(v).strip()]
 
 
@@ -147,7 +148,7 @@ class SegDataModule(L.LightningDataModule):
         train_split: str | list[str] | None = None,
         val_split: str | None = None,
         test_split: str | None = None,
-        val_groups: str | list[str] | None = None,
+        val_groups: list[str] | str | None = None,
         group_pattern: str | None = None,
         crop_size: int | tuple[int, int] | None = None,
         train_scale: tuple[int, int] | None = None,
