@@ -16,6 +16,7 @@ from vpnext.data.class_stats import class_pixel_counts
 from vpnext.data.datamodule import SegDataModule
 from vpnext.data.errors import DatasetError
 from vpnext.data.groups import GroupRule, split_by_groups
+from vpnext.training import results as results_module
 
 ROOT = Path("/data/camvid")
 #: A CamVid-like tree: video AAA only in train, BBB in train and val (like 0016E5), CCC only in val.
@@ -242,7 +243,14 @@ TINY_CAMVID_FIT = [
 ]
 
 
-def test_fit_scores_both_sets_and_records_the_groups(camvid_tree: Path, tmp_path: Path) -> None:
+def test_fit_scores_both_sets_and_records_the_groups(
+    camvid_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The code is read when the run starts: a commit made while it trains must not be recorded.
+    reads = iter([{"commit": "at-start", "dirty": False}])
+    monkeypatch.setattr(
+        results_module, "code_version", lambda: next(reads, {"commit": "later", "dirty": True})
+    )
     # A YAML-style list on the command line ("[AAA]" would be an unknown group if taken literally).
     args = ["fit", *TINY_CAMVID_FIT, f"--data.root={camvid_tree}", "--data.val_groups=[AAA]"]
     assert main([*args, f"--run.root={tmp_path}", "--run.name=groups"]) == 0
@@ -252,6 +260,7 @@ def test_fit_scores_both_sets_and_records_the_groups(camvid_tree: Path, tmp_path
     assert groups["train"] == {"BBB": 3} and groups["val"] == {"AAA": 2} and groups["val_groups"] == ["AAA"]
     assert groups["official_val"] == {"BBB": 1, "CCC": 1}
     assert results["mIoU"] is not None and results["images_evaluated"] == 2
+    assert results["code"] == {"commit": "at-start", "dirty": False}
     official = results["official_val"]
     assert official["images_evaluated"] == 2 and official["evaluated_at_step"] == 2
     assert set(official["per_class_iou"]) == set(results["per_class_iou"])

@@ -8,7 +8,6 @@ so a reader never sees half a file.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -59,7 +58,6 @@ def device_name(device: torch.device) -> str:
     return match.group(1).strip() if match else platform.processor() or platform.machine()
 
 
-@functools.cache
 def code_version() -> dict[str, Any] | None:
     """The git commit of the vpnext source tree and whether it had uncommitted changes.
 
@@ -102,6 +100,13 @@ class ResultsWriter(Callback):
         self.experiment = experiment
         self.images_seen = 0
         self._started: dict[str, float] = {}
+        #: The code of this run, read when it starts (commits made while it runs must not count).
+        self._code: dict[str, Any] | None = None
+        self._code_read = False
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if not self._code_read:
+            self._code, self._code_read = code_version(), True
 
     # ---- bookkeeping ----------------------------------------------------------------------------
     def on_train_batch_end(
@@ -191,7 +196,7 @@ class ResultsWriter(Callback):
             # What the wall time was measured on: timings are only comparable on one machine.
             "machine": {"device": device_name(pl_module.device), "threads": torch.get_num_threads()},
             # The code that made the result: "same seed" runs of two commits may differ.
-            "code": code_version(),
+            "code": self._code if self._code_read else code_version(),
             "versions": {
                 "vpnext": vpnext.__version__,
                 "torch": torch.__version__,
