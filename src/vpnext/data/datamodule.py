@@ -326,7 +326,7 @@ class SegDataModule(L.LightningDataModule):
         if self.dataset_name == "synthetic":
             self._ensure_root()
 
-    def _make(self, split: str, train: bool) -> SegmentationDataset:
+    def _make(self, split: str, train: bool, scan: bool = True) -> SegmentationDataset:
         # albumentations is imported here, not with the module: `vpnext fit --help` needs no transform.
         from vpnext.data.transforms import build_eval_transform, build_train_transform
 
@@ -351,7 +351,8 @@ class SegDataModule(L.LightningDataModule):
             split,
             transform,
             keep_original_label=(not train) and hp.keep_original_label,
-            check_files=hp.check_files,
+            # scan=False: the caller has already scanned this split.
+            check_files=hp.check_files if scan else "none",
             spec=self.spec,
         )
 
@@ -398,7 +399,7 @@ class SegDataModule(L.LightningDataModule):
         plan = split_by_groups(rule, root, train, val, self.val_groups or [], where=where)
         held = ",".join(plan.val_groups)
         if stage in ("fit", None):
-            train_set = self._make(splits[0], train=True)
+            train_set = self._make(splits[0], train=True, scan=False)  # scanned in `listed`
             self.train_set = train_set.subset(plan.train, f"{'+'.join(splits)} without {held}")
         self.val_set = listed[splits[0]].subset(plan.val, f"groups {held}")
         if plan.rest_of_val:

@@ -326,8 +326,8 @@ class SegmentationModule(L.LightningModule):
 
         With a second validation set (``official_val``), also ``official_val/mIoU`` and its IoUs.
         """
-        for name in self._val_sets():
-            self._log_split(name, *self._val_state(self._val_sets().index(name)))
+        for idx, name in enumerate(self._val_sets()):
+            self._log_split(name, *self._val_state(idx))
 
     def on_test_epoch_end(self) -> None:
         """Log ``test/mIoU`` and ``test/IoU/<class>`` over the whole split (all ranks)."""
