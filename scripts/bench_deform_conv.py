@@ -9,6 +9,9 @@ to the gradient's largest entry.
 
 Usage:
     python scripts/bench_deform_conv.py [--shapes 2,256,32,32 ...] [--repeats 5] [--threads N] [--json FILE]
+        [--device cuda]
+
+On CUDA every timed call ends with ``torch.cuda.synchronize`` and inputs live on the device.
 """
 
 from __future__ import annotations
@@ -34,26 +37,35 @@ def _make_fn(impl: str) -> Callable[..., torch.Tensor]:
     return lambda x, offset, weight, bias: deform_conv3x3(x, offset, weight, bias, impl=impl)
 
 
-def _inputs(shape: tuple[int, int, int, int], offset_scale: float) -> list[torch.Tensor]:
+def _inputs(
+    shape: tuple[int, int, int, int], offset_scale: float, device: torch.device
+) -> list[torch.Tensor]:
     batch, channels, height, width = shape
     layer = DeformConv3x3(channels, channels)  # conv-like init keeps outputs O(1)
     x = torch.randn(shape)
     offset = torch.randn(batch, 18, height, width) * offset_scale  # many samples leave the image
-    return [t.detach().requires_grad_() for t in (x, offset, layer.weight, layer.bias)]
+    return [t.detach().to(device).requires_grad_() for t in (x, offset, layer.weight, layer.bias)]
 
 
-def _timed(fn: Callable[[], object]) -> float:
+def _timed(fn: Callable[[], object], device: torch.device) -> float:
     start = time.perf_counter()
     fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return time.perf_counter() - start
 
 
 def bench_shape(
-    shape: tuple[int, int, int, int], repeats: int, warmup: int, offset_scale: float
+    shape: tuple[int, int, int, int],
+    repeats: int,
+    warmup: int,
+    offset_scale: float,
+    device: torch.device | None = None,
 ) -> list[dict]:
-    """Time all implementations at one shape; one row per implementation."""
-    inputs = _inputs(shape, offset_scale)
-    grad_out = torch.randn(shape)
+    """Time all implementations at one shape on ``device`` (CPU by default); one row per implementation."""
+    device = device or torch.device("cpu")
+    inputs = _inputs(shape, offset_scale, device)
+    grad_out = torch.randn(shape).to(device)
     fns = {impl: _make_fn(impl) for impl in IMPLS}
 
     def forward(impl: str) -> None:
@@ -70,7 +82,7 @@ def bench_shape(
                 run(impl)
         for r in range(repeats):
             for impl in IMPLS[r % len(IMPLS) :] + IMPLS[: r % len(IMPLS)]:
-                times[(impl, mode)].append(_timed(lambda impl=impl, run=run: run(impl)))
+                times[(impl, mode)].append(_timed(lambda impl=impl, run=run: run(impl), device))
 
     ref_out = fns["torchvision"](*inputs)
     ref_grads = torch.autograd.grad(ref_out, inputs, grad_out)
@@ -139,7 +151,9 @@ def main() -> None:
         help="torch threads (1 avoids stalls when other jobs share the cores)",
     )
     parser.add_argument("--json", type=str, default=None, help="also write the rows to this file")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = parser.parse_args()
+    device = torch.device(args.device)
 
     torch.manual_seed(args.seed)
     if args.threads:
@@ -149,14 +163,15 @@ def main() -> None:
         shape = tuple(int(v) for v in text.split(","))
         if len(shape) != 4:
             parser.error(f"shape {text!r} is not B,C,H,W")
-        rows += bench_shape(shape, args.repeats, args.warmup, args.offset_scale)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, medians of {args.repeats} rounds")
+        rows += bench_shape(shape, args.repeats, args.warmup, args.offset_scale, device)
+    cuda = device.type == "cuda"
+    where = torch.cuda.get_device_name(device) if cuda else f"{torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {where}, medians of {args.repeats} rounds")
     print(markdown(rows))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(
-                {"torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows}, f, indent=1
-            )
+            meta = {"torch": torch.__version__, "device": where, "threads": torch.get_num_threads()}
+            json.dump({**meta, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from vpnext import __version__
+from vpnext.errors import describe
 from vpnext.run_dir import (
     RUN_DIR_ENV,
     InitOptions,
@@ -175,33 +176,6 @@ def _extra_commands_epilog() -> str:
     return f"Other commands: {names} (each takes --help)."
 
 
-#: Exceptions whose message is the whole story (no class name in front), by module. They are looked
-#: up only in modules already imported: an exception of a module never imported was not raised.
-_ONE_LINE_ERRORS = {
-    "vpnext.data.errors": ("DatasetError",),
-    "vpnext.models.backbone": ("PretrainedWeightsError",),
-    "vpnext.training.checkpointing": (
-        "UnsafeCheckpointError",
-        "CorruptCheckpointError",
-        "CheckpointWriteError",
-        "NonFiniteLossError",
-        "NonFiniteWeightsError",
-    ),
-}
-
-
-def _describe(err: BaseException) -> str:
-    """One line for an exception; types a user cannot act on keep their class name."""
-    message = " ".join(str(err).split()) or type(err).__name__
-    one_line: list[type] = [UserError, FileNotFoundError]
-    for module, names in _ONE_LINE_ERRORS.items():
-        if module in sys.modules:
-            one_line += [getattr(sys.modules[module], name) for name in names]
-    if isinstance(err, tuple(one_line)):
-        return message
-    return f"{type(err).__name__}: {message}"
-
-
 #: What torch.distributed reports in a process whose peer died (gloo, NCCL, the c10d store).
 _PEER_FAILURE_MARKS = (
     "Connection closed by peer",
@@ -295,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             note = "stopped: another process of this job failed (its error is above)"
             print(f"vpnext: {rank}{note}", file=sys.stderr)
             return 1
-        print(f"vpnext: error: {rank}{_describe(err)} (VPNEXT_DEBUG=1 shows the traceback)", file=sys.stderr)
+        print(f"vpnext: error: {rank}{describe(err)} (VPNEXT_DEBUG=1 shows the traceback)", file=sys.stderr)
         return 1
     finally:
         _remove_if_empty(os.environ.get(RUN_DIR_ENV), saved_env)

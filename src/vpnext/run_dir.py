@@ -18,6 +18,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from vpnext.errors import UserError
+
 __all__ = [
     "RUN_DIR_ENV",
     "InitOptions",
@@ -87,10 +89,6 @@ class InitOptions:
 
     weights: str | None = None
     strict: bool = True
-
-
-class UserError(Exception):
-    """A problem with the command line, a config or a file that the user can fix."""
 
 
 def global_rank_from_env() -> int:

@@ -30,6 +30,7 @@ from vpnext.data.groups import GroupRule, count_groups, split_by_groups
 from vpnext.data.resume import EpochSeededDataset, ResumableSampler
 from vpnext.data.sampling import EvalDistributedSampler
 from vpnext.models.backbone import backbone_normalization
+from vpnext.schema import PREEMPTION_SIGNALS
 
 
 def _rank() -> int:
@@ -55,7 +56,7 @@ def seed_worker(worker_id: int) -> None:
     main process, which saves a checkpoint before stopping, still needs its workers for that step.
     They end with the main process.
     """
-    for name in ("SIGTERM", "SIGUSR1", "SIGINT"):
+    for name in PREEMPTION_SIGNALS:
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), signal.SIG_IGN)
     info = get_worker_info()

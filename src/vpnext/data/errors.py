@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from vpnext.errors import OneLineError
 
-class DatasetError(ValueError):
+
+class DatasetError(OneLineError, ValueError):
     """A dataset on disk is missing, incomplete or malformed, or a split asked of it cannot be made.
 
     The message always names the offending file (or folder) and the problem, so a run fails before

@@ -28,8 +28,10 @@ from timm.models import get_pretrained_cfg
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
+from vpnext.errors import OneLineError
 
-class PretrainedWeightsError(RuntimeError):
+
+class PretrainedWeightsError(OneLineError, RuntimeError):
     """Raised when backbone weights cannot be obtained (typically: no network for a hub download)."""
 
 

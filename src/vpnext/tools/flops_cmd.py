@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from vpnext import paper
 from vpnext.models import VPNeXt
 from vpnext.tools.flops import OTHER, count_macs
 from vpnext.tools.model_config import ModelConfig, load_model_config
@@ -141,33 +142,12 @@ def write_json(path: Path, result: dict[str, Any]) -> None:
     path.write_text(json.dumps(result, indent=2) + "\n")
 
 
-#: Table III of the paper (ViT-L/16, 480x480, Pascal Context 59), GMACs; None: no comparable figure.
-PAPER_TABLE3: dict[str, float | None] = {
-    "deep_supervision": 356.69,
-    "mask_decoder": 359.99,
-    "mask_decoder_pyramid": None,  # the paper's "> 2000" is Mask2Former-based, not this model
-    "vcr": 356.69,
-    "vpnext": 1007.62,
-}
-#: The switches of each Table III row (on top of the configs given).
+#: Table III of the paper (ViT-L/16, 480x480, Pascal Context 59), GMACs by row name; None: no
+#: comparable figure (the paper's "> 2000" is Mask2Former-based, not this model).
+PAPER_TABLE3: dict[str, float | None] = {row.name: row.gmacs for row in paper.TABLE3}
+#: The title and switches of each Table III row (on top of the configs given).
 TABLE3_ROWS: dict[str, tuple[str, list[str]]] = {
-    "deep_supervision": (
-        "Deep supervision",
-        ["--model.aux=deep_supervision", "--model.head=context", "--model.upsampler=bilinear"],
-    ),
-    "mask_decoder": (
-        "Mask decoder w/o pyramid (Segmenter)",
-        ["--model.aux=none", "--model.head=mask_transformer", "--model.upsampler=bilinear"],
-    ),
-    "mask_decoder_pyramid": (
-        "Mask decoder + mock pyramid",
-        ["--model.aux=none", "--model.head=mask_transformer", "--model.upsampler=mock_pyramid"],
-    ),
-    "vcr": ("VCR", ["--model.aux=vcr", "--model.head=context", "--model.upsampler=bilinear"]),
-    "vpnext": (
-        "VPNeXt (VCR + ViTUp, HiCLR 3)",
-        ["--model.aux=vcr", "--model.head=context", "--model.upsampler=hiclr", "--model.hiclr_depth=3"],
-    ),
+    row.name: (row.title, list(row.switches)) for row in paper.TABLE3
 }
 #: The decoder configurations Table III is counted for.
 TABLE3_DECODERS = ("paper", "efficient")

@@ -36,12 +36,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vpnext import paper
+from vpnext.schema import RESULTS_FILE
 from vpnext.tools.evaluations import EVALUATION_STAGES, Evaluation, evaluations_section, load_evaluations
 from vpnext.tools.seeds import SeedGroup, paired
 
 __all__ = ["Run", "load_flops", "load_runs", "main", "render_report"]
 
-RESULTS_FILE = "results.json"  # the CLI's per-run output; kept in sync with vpnext.training.results
 FLOPS_DIR = "flops"
 MISSING = "–"
 PAPER_NOTE = "`paper`: the paper's figure (Pascal Context 59, ViT-L/16, 480x480, 20k iterations)."
@@ -275,48 +276,12 @@ def table3_row(model: dict[str, Any]) -> RowKey | None:
     return None
 
 
-TABLE1_ROWS: list[RowKey] = [
-    ((0, 2), "Deep supervision", "2"),
-    ((1, 0), "Mask decoder w/o pyramid", "2 (implicit)"),
-    ((2, 1), "Our VCR", "1"),
-    ((2, 2), "Our VCR", "2"),
-    ((2, 3), "Our VCR", "3"),
-]
-TABLE2_ROWS: list[RowKey] = [
-    ((0, 0), "Bilinear", "0"),
-    ((1, 2), "Mock pyramid", "2"),
-    *[((2, t), "Our real pyramid", str(t)) for t in range(1, 6)],
-]
-TABLE3_ROWS: list[RowKey] = [
-    ((0, 0), "Deep supervision", "-"),
-    ((1, 0), "Mask decoder", "-"),
-    ((1, 1), "Mask decoder", "√"),
-    ((2, 0), "Our VPNeXt", "-"),
-    ((2, 1), "Our VPNeXt", "√"),
-]
-
-
-#: The paper's numbers (Tables I-III, Pascal Context 59, ViT-L/16, single scale), by (method, column).
-PAPER_MIOU = {
-    ("Deep supervision", "2"): "66.50",
-    ("Mask decoder w/o pyramid", "2 (implicit)"): "67.88",
-    ("Our VCR", "1"): "68.43",
-    ("Our VCR", "2"): "68.83",
-    ("Our VCR", "3"): "68.56",
-    ("Bilinear", "0"): "68.83",
-    ("Mock pyramid", "2"): "69.01",
-    **{
-        ("Our real pyramid", str(t)): v
-        for t, v in zip(range(1, 6), ("69.50", "69.87", "70.00", "69.81", "69.43"), strict=True)
-    },
-}
-PAPER_GFLOPS = {
-    ("Deep supervision", "-"): "356.69",
-    ("Mask decoder", "-"): "359.99",
-    ("Mask decoder", "√"): "> 2000",
-    ("Our VPNeXt", "-"): "356.69",
-    ("Our VPNeXt", "√"): "1007.62",
-}
+TABLE1_ROWS: list[RowKey] = [row.key for row in paper.TABLE1]
+TABLE2_ROWS: list[RowKey] = [row.key for row in paper.TABLE2]
+TABLE3_ROWS: list[RowKey] = [row.key for row in paper.TABLE3]
+#: The paper's figures by (method, column): mIoU of Tables I-II, GFLOPs of Table III.
+PAPER_MIOU = paper.paper_figures(paper.TABLE1, paper.TABLE2)
+PAPER_GFLOPS = paper.paper_figures(paper.TABLE3)
 
 
 # ---- rendering ----------------------------------------------------------------------------------

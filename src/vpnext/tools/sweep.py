@@ -52,13 +52,12 @@ from typing import Any
 
 import yaml
 
+from vpnext.schema import PREEMPTED_EXIT_CODE, PREEMPTION_SIGNALS, RESULTS_FILE
+
 __all__ = ["SweepPoint", "agent_command", "grid_points", "load_sweep", "main", "plan_runs", "select_points"]
 
-RESULTS_FILE = "results.json"  # the CLI's per-run output; kept in sync with vpnext.training.results
 #: Written into a run folder whose process exited with an error: the next start reruns it afresh.
 FAILED_MARK = ".sweep-failed"
-#: Exit code of ``vpnext fit`` stopped by a signal with a checkpoint (vpnext.training.checkpointing).
-PREEMPTED_EXIT_CODE = 75
 
 
 @dataclass
@@ -503,7 +502,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _STOP.signal_name = None
     previous = {}
     if threading.current_thread() is threading.main_thread():
-        for name in ("SIGINT", "SIGTERM", "SIGUSR1"):
+        for name in PREEMPTION_SIGNALS:
             if hasattr(signal, name):
                 previous[name] = signal.signal(getattr(signal, name), _STOP.handle)
     try:

@@ -45,6 +45,8 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
+from vpnext.errors import OneLineError
+from vpnext.schema import PREEMPTED_EXIT_CODE, PREEMPTION_SIGNALS
 from vpnext.training import results
 
 __all__ = [
@@ -64,22 +66,17 @@ __all__ = [
     "safe_load",
 ]
 
-#: Exit code of a run stopped by a pre-emption signal after writing a resumable checkpoint
-#: (``EX_TEMPFAIL`` of sysexits.h: "temporary failure, try again").
-PREEMPTED_EXIT_CODE = 75
-#: Signals that stop a fit with a checkpoint.
-PREEMPTION_SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
 
 
-class UnsafeCheckpointError(Exception):
+class UnsafeCheckpointError(OneLineError):
     """A checkpoint or weights file holds pickled objects other than tensors and plain containers."""
 
 
-class CheckpointWriteError(Exception):
+class CheckpointWriteError(OneLineError):
     """A checkpoint could not be written (folder not writable, disk full); the old one is intact."""
 
 
-class CorruptCheckpointError(Exception):
+class CorruptCheckpointError(OneLineError):
     """A checkpoint or weights file that cannot be read (truncated, empty, not a checkpoint).
 
     Args:
@@ -89,7 +86,7 @@ class CorruptCheckpointError(Exception):
 
     def __init__(self, message: str, reason: str | None = None) -> None:
         super().__init__(message)
-        self.reason = reason or message
+        self.reason = reason or str(self)
 
 
 def safe_load(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -> Any:
@@ -600,11 +597,11 @@ def load_weights(module: torch.nn.Module, path: str | Path, strict: bool = True)
 
 
 # ---- non-finite losses and weights ---------------------------------------------------------------
-class NonFiniteLossError(Exception):
+class NonFiniteLossError(OneLineError):
     """A loss term became NaN or infinite; the run stopped before the update."""
 
 
-class NonFiniteWeightsError(Exception):
+class NonFiniteWeightsError(OneLineError):
     """A checkpoint about to be written holds NaN or infinite weights; it was not written."""
 
 

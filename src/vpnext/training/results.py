@@ -27,6 +27,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelChe
 from PIL import Image
 
 import vpnext
+from vpnext.schema import COVERAGE_KEYS, RESULTS_FILE, SCHEMA_VERSION
 
 __all__ = [
     "COVERAGE_KEYS",
@@ -40,11 +41,6 @@ __all__ = [
     "read_results",
 ]
 
-RESULTS_FILE = "results.json"
-#: What ``results.json`` says about the images behind ``mIoU`` (see docs/training.md).
-COVERAGE_KEYS = ("images_evaluated", "images_distinct", "split_size", "partial", "images_repeated")
-#: Bump when a field changes meaning or disappears (adding fields keeps the version).
-SCHEMA_VERSION = 1
 
 
 def device_name(device: torch.device) -> str:
