@@ -13,9 +13,9 @@ import yaml
 from tests.conftest import TINY
 from vpnext.cli import main as cli_main
 from vpnext.models import VPNeXt
+from vpnext.models.macs import count_macs
 from vpnext.tools import benchmark
 from vpnext.tools.benchmark import BackboneOnly, memory_method, peak_memory_mb, per_module_report
-from vpnext.tools.flops import count_macs
 
 
 @pytest.fixture

@@ -57,7 +57,9 @@ def test_user_facing_errors_are_one_line_errors(error_type: type) -> None:
 
 
 def test_other_errors_keep_their_class_name() -> None:
-    assert describe(RuntimeError("shape   mismatch\n at layer 3")) == "RuntimeError: shape mismatch at layer 3"
+    assert (
+        describe(RuntimeError("shape   mismatch\n at layer 3")) == "RuntimeError: shape mismatch at layer 3"
+    )
     assert describe(KeyError("x")) == "KeyError: 'x'"
     assert describe(FileNotFoundError("a.ckpt: not found")) == "a.ckpt: not found"
 

@@ -10,8 +10,8 @@ import torchvision
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from vpnext.models.macs import MacReport, count_macs
 from vpnext.ops import DeformConv3x3, deform_conv_macs
-from vpnext.tools.flops import MacReport, count_macs
 
 
 class _Call(nn.Module):

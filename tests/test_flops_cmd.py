@@ -162,7 +162,7 @@ def test_train_forward_counts_the_auxiliary_branches(tiny_config: Path) -> None:
 
 def test_meta_device_count_equals_a_real_forward(tiny_config: Path) -> None:
     """``flops_result`` counts on the meta device; a real CPU forward gives the same MACs."""
-    from vpnext.tools.flops_cmd import measure_macs
+    from vpnext.models.macs import measure_macs
 
     config = load_model_config([tiny_config], ["--model.aux=vcr", "--model.upsampler=hiclr"])
     on_meta = flops_result(config, (64, 80))

@@ -19,7 +19,7 @@ def test_table3_switches_land_on_their_own_report_row(row: paper.PaperRow) -> No
 
 
 def test_report_and_flops_show_the_same_table3() -> None:
-    assert report.TABLE3_ROWS == [row.key for row in paper.TABLE3]
+    assert [row.key for row in paper.TABLE3] == report.TABLE3_ROWS
     assert list(flops_cmd.TABLE3_ROWS) == [row.name for row in paper.TABLE3]
     for row in paper.TABLE3:
         assert report.PAPER_GFLOPS[row.key[1:]] == row.figure

@@ -47,9 +47,8 @@ from torch import Tensor, nn
 from vpnext.losses import SegmentationLoss
 from vpnext.models import VPNeXt
 from vpnext.models.layers import pad_to_multiple
-from vpnext.tools.flops import count_macs
-from vpnext.tools.flops_cmd import _parser, write_json
-from vpnext.tools.model_config import ModelConfig, load_model_config
+from vpnext.models.macs import count_macs
+from vpnext.tools.model_config import ModelConfig, config_parser, load_model_config, write_json
 from vpnext.training.optim import build_optimizer
 from vpnext.training.results import device_name
 
@@ -230,7 +229,7 @@ def module_times(
 ) -> dict[str, float]:
     """Median exclusive wall time (ms) per group of modules in one eval forward (no autocast).
 
-    Time is attributed like MACs in :func:`~vpnext.tools.flops.count_macs`: to the innermost
+    Time is attributed like MACs in :func:`~vpnext.models.macs.count_macs`: to the innermost
     running module under a group prefix (longest prefix wins), else to ``"other"``.
     """
     ordered = sorted(groups.items(), key=lambda item: len(item[1]), reverse=True)
@@ -468,7 +467,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         Exit code (2 for a bad option or config).
     """
-    parser = _parser("vpnext benchmark", "Inference latency and training-step time of a configured VPNeXt.")
+    parser = config_parser(
+        "vpnext benchmark", "Inference latency and training-step time of a configured VPNeXt."
+    )
     parser.add_argument("--repeats", type=int, default=10, help="timed rounds (median and p90 over them)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls per candidate first")
     parser.add_argument("--train-batch-size", type=int, help="images per training step (default: batch)")

@@ -1,6 +1,6 @@
 """``vpnext flops``: parameters and inference MACs of a configured VPNeXt, per part (Table III).
 
-Counts one eval-mode forward pass with :func:`vpnext.tools.flops.count_macs` (fused attention and
+Counts one eval-mode forward pass with :func:`vpnext.models.macs.count_macs` (fused attention and
 deformable convolutions included, see there) and attributes every op to one of the model's parts:
 
 - ``backbone``: ViT patch embedding (stride 16), blocks, final norm;
@@ -22,9 +22,7 @@ is what a counter that forgets ``model.eval()`` reports.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,40 +31,10 @@ from typing import Any
 import torch
 
 from vpnext import paper
-from vpnext.models import VPNeXt
-from vpnext.tools.flops import OTHER, count_macs
-from vpnext.tools.model_config import ModelConfig, load_model_config
+from vpnext.models.macs import OTHER, measure_macs
+from vpnext.tools.model_config import ModelConfig, config_parser, load_model_config, write_json
 
-__all__ = ["GROUPS", "main", "measure_macs"]
-
-#: Report group -> module-name prefix inside :class:`~vpnext.models.VPNeXt`.
-GROUPS = {name: name for name in ("backbone", "pyramid_embed", "head", "upsampler", "aux")}
-
-
-def measure_macs(
-    model: VPNeXt, image_size: tuple[int, int], batch_size: int = 1, train_forward: bool = False
-) -> dict[str, Any]:
-    """Inference MACs and parameters of ``model`` per part (the model is put in eval mode).
-
-    Args:
-        model: The model.
-        image_size: Input ``(height, width)``.
-        batch_size: Images per forward pass.
-        train_forward: Count a training-mode forward instead (auxiliary branches run). Not an
-            inference cost: for comparing with counters that ran the model in training mode.
-
-    Returns:
-        :meth:`~vpnext.tools.flops.MacReport.to_dict` plus ``decoder_gmacs`` (everything but the
-        backbone) and ``inference_params_m`` (parameters without the training-only ``aux``).
-    """
-    model.train(train_forward)
-    device = next(model.parameters()).device
-    images = torch.randn(batch_size, 3, *image_size, device=device)
-    report = count_macs(model, images, groups=GROUPS).to_dict()
-    groups = report["groups"]
-    report["decoder_gmacs"] = report["gmacs"] - groups["backbone"]["gmacs"]
-    report["inference_params_m"] = report["params_m"] - groups["aux"]["params_m"]
-    return report
+__all__ = ["flops_result", "main", "table3"]
 
 
 def flops_result(
@@ -118,28 +86,6 @@ def format_table(result: dict[str, Any]) -> str:
 
 def _widths_text(widths: dict[str, int]) -> str:
     return " ".join(f"{name}={value}" for name, value in widths.items())
-
-
-def _parser(prog: str, description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description=description,
-        allow_abbrev=False,
-        epilog="Every --model.<arg>=<value> / --data.<arg>=<value> of `vpnext fit` overrides the configs.",
-    )
-    parser.add_argument("--config", action="append", default=[], type=Path, help="YAML config; repeatable")
-    parser.add_argument(
-        "--image-size", nargs=2, type=int, metavar=("H", "W"), help="input size (default: the training crop)"
-    )
-    parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
-    parser.add_argument("--json", type=Path, help="also write the result to this JSON file")
-    return parser
-
-
-def write_json(path: Path, result: dict[str, Any]) -> None:
-    """Write ``result`` as indented JSON, creating the parent folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
 
 
 #: Table III of the paper (ViT-L/16, 480x480, Pascal Context 59), GMACs by row name; None: no
@@ -206,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         Exit code (2 for a bad option or config).
     """
-    parser = _parser("vpnext flops", "Parameters and inference MACs per part of a configured VPNeXt.")
+    parser = config_parser("vpnext flops", "Parameters and inference MACs per part of a configured VPNeXt.")
     parser.add_argument(
         "--train-forward",
         action="store_true",

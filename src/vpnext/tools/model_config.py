@@ -19,6 +19,8 @@ init (cost and speed do not depend on the weights); a local weights file is kept
 
 from __future__ import annotations
 
+import argparse
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +30,14 @@ import yaml
 
 from vpnext.models import VPNeXt
 
-__all__ = ["SWITCHES", "ModelConfig", "build_model_from_config", "load_model_config"]
+__all__ = [
+    "SWITCHES",
+    "ModelConfig",
+    "build_model_from_config",
+    "config_parser",
+    "load_model_config",
+    "write_json",
+]
 
 #: The constructor arguments that select an ablation variant (reported next to every figure).
 SWITCHES = (
@@ -241,3 +250,27 @@ def build_model_from_config(
     """
     config = load_model_config(configs, overrides)
     return config.build(), config
+
+
+def config_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The options every model-config tool shares (``vpnext flops``, ``vpnext benchmark``): configs,
+    input size, batch size and a JSON output; ``--model.*``/``--data.*`` overrides are parsed later."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description=description,
+        allow_abbrev=False,
+        epilog="Every --model.<arg>=<value> / --data.<arg>=<value> of `vpnext fit` overrides the configs.",
+    )
+    parser.add_argument("--config", action="append", default=[], type=Path, help="YAML config; repeatable")
+    parser.add_argument(
+        "--image-size", nargs=2, type=int, metavar=("H", "W"), help="input size (default: the training crop)"
+    )
+    parser.add_argument("--batch-size", type=int, default=1, help="images per forward pass")
+    parser.add_argument("--json", type=Path, help="also write the result to this JSON file")
+    return parser
+
+
+def write_json(path: Path, result: dict[str, Any]) -> None:
+    """Write ``result`` as indented JSON, creating the parent folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")

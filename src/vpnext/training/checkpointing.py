@@ -67,7 +67,6 @@ __all__ = [
 ]
 
 
-
 class UnsafeCheckpointError(OneLineError):
     """A checkpoint or weights file holds pickled objects other than tensors and plain containers."""
 

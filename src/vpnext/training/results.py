@@ -42,7 +42,6 @@ __all__ = [
 ]
 
 
-
 def device_name(device: torch.device) -> str:
     """The GPU's or CPU's model name (``/proc/cpuinfo`` on Linux), to label timings with."""
     if device.type == "cuda":
@@ -308,7 +307,7 @@ def _inference_gmacs(pl_module: L.LightningModule, crop: Any) -> float | None:
     if not hparams or crop is None:
         return None
     from vpnext.models import VPNeXt
-    from vpnext.tools.flops_cmd import measure_macs
+    from vpnext.models.macs import measure_macs
 
     try:
         with torch.device("meta"):

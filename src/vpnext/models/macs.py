@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torchvision  # noqa: F401  (registers torch.ops.torchvision)
@@ -29,7 +29,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from vpnext.ops.deform_conv import deform_conv_macs
 
-__all__ = ["OTHER", "MacReport", "count_macs"]
+if TYPE_CHECKING:
+    from vpnext.models.vpnext import VPNeXt
+
+__all__ = ["GROUPS", "OTHER", "MacReport", "count_macs", "measure_macs"]
 
 OTHER = "other"
 """Group of ops and parameters outside every requested prefix."""
@@ -186,3 +189,33 @@ def count_macs(model: nn.Module, *inputs: Any, groups: dict[str, str] | None = N
         by_group=by_group,
         params_by_group=params_by_group,
     )
+
+
+#: Report group -> module-name prefix inside :class:`~vpnext.models.VPNeXt`.
+GROUPS = {name: name for name in ("backbone", "pyramid_embed", "head", "upsampler", "aux")}
+
+
+def measure_macs(
+    model: VPNeXt, image_size: tuple[int, int], batch_size: int = 1, train_forward: bool = False
+) -> dict[str, Any]:
+    """Inference MACs and parameters of ``model`` per part (the model is put in eval mode).
+
+    Args:
+        model: The model.
+        image_size: Input ``(height, width)``.
+        batch_size: Images per forward pass.
+        train_forward: Count a training-mode forward instead (auxiliary branches run). Not an
+            inference cost: for comparing with counters that ran the model in training mode.
+
+    Returns:
+        :meth:`MacReport.to_dict` plus ``decoder_gmacs`` (everything but the
+        backbone) and ``inference_params_m`` (parameters without the training-only ``aux``).
+    """
+    model.train(train_forward)
+    device = next(model.parameters()).device
+    images = torch.randn(batch_size, 3, *image_size, device=device)
+    report = count_macs(model, images, groups=GROUPS).to_dict()
+    groups = report["groups"]
+    report["decoder_gmacs"] = report["gmacs"] - groups["backbone"]["gmacs"]
+    report["inference_params_m"] = report["params_m"] - groups["aux"]["params_m"]
+    return report
