@@ -129,7 +129,7 @@ def test_palette_png_round_trip_and_overlay(tmp_path: Path) -> None:
 
 
 def test_lightning_options_keep_lightnings_predict_loop() -> None:
-    from vpnext.cli import _is_image_predict
+    from vpnext.cli.main import _is_image_predict
 
     assert _is_image_predict(["predict", "--ckpt_path", "c.ckpt", "images/"])
     assert not _is_image_predict(["predict", "--config", "run/config.yaml", "--ckpt_path", "c.ckpt"])

@@ -21,6 +21,7 @@ from typing import Any
 from vpnext.errors import UserError
 
 __all__ = [
+    "JOB",
     "RUN_DIR_ENV",
     "InitOptions",
     "RunOptions",
@@ -89,6 +90,12 @@ class InitOptions:
 
     weights: str | None = None
     strict: bool = True
+
+
+#: This process's place in a multi-process job, recorded when the Trainer is set up
+#: (``vpnext.training.checkpointing.JobRecorder``; the CLI labels its error lines with it);
+#: ``rank 0, world_size 1`` outside one.
+JOB = {"rank": 0, "world_size": 1}
 
 
 def global_rank_from_env() -> int:

@@ -46,6 +46,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from vpnext.errors import OneLineError
+from vpnext.run_dir import JOB
 from vpnext.schema import PREEMPTED_EXIT_CODE, PREEMPTION_SIGNALS
 from vpnext.training import results
 
@@ -710,11 +711,6 @@ def check_backbone_weights(backbone: str, path: str | Path) -> None:
     shapes = [(k, given[k], expected[k]) for k in found if given[k] != expected[k] and k != "pos_embed"]
     if shapes:
         raise ValueError(f"{path} does not fit {backbone}: {describe_mismatch([], [], shapes)}")
-
-
-#: This process's place in a multi-process job, recorded when the Trainer is set up (the CLI
-#: labels its error lines with it); ``(0, 1)`` outside one.
-JOB = {"rank": 0, "world_size": 1}
 
 
 class JobRecorder(Callback):

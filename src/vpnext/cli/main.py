@@ -1,23 +1,8 @@
-"""The ``vpnext`` command: LightningCLI subcommands plus a small registry of extra tools.
-
-``vpnext fit|validate|test|predict`` run :class:`~vpnext.training.SegmentationModule` on
-:class:`~vpnext.data.SegDataModule` (synthetic data by default) through LightningCLI, so every
-constructor argument is a ``--model.*``/``--data.*``/``--trainer.*`` option or a YAML key.
-
-Any other first word(s) listed in :data:`EXTRA_COMMANDS` run a tool's own ``main(argv)`` instead
-(imported only when called, so one tool's imports or import errors never affect the others). To
-add a command, add ``"name": "package.module:function"`` (the function takes the remaining
-arguments as a list and returns an exit code) and document it in ``docs/training.md``.
-
-Every run writes into its own directory (see :func:`resolve_run_dir`); errors a user can fix
-(bad config keys or values, missing files) end the process with one ``vpnext: error:`` line and a
-non-zero exit code. ``--debug`` or ``VPNEXT_DEBUG=1`` shows the full traceback instead.
-"""
+"""``vpnext``'s entry point: dispatch to LightningCLI (:mod:`vpnext.cli.lightning`) or to a tool."""
 
 from __future__ import annotations
 
 import contextlib
-import difflib
 import importlib
 import os
 import sys
@@ -26,30 +11,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from vpnext import __version__
+from vpnext.cli.suggest import close_words, did_you_mean
 from vpnext.errors import describe
 from vpnext.run_dir import (
+    JOB,
     RUN_DIR_ENV,
-    InitOptions,
-    RunOptions,
     UserError,
-    find_last_checkpoint,
-    resolve_run_dir,
-    resume_command,
 )
 
-# The run-directory API is re-exported: scripts and tests know it as part of the CLI.
-__all__ = [
-    "EXTRA_COMMANDS",
-    "RUN_DIR_ENV",
-    "SUBCOMMANDS",
-    "InitOptions",
-    "RunOptions",
-    "UserError",
-    "find_last_checkpoint",
-    "main",
-    "resolve_run_dir",
-    "resume_command",
-]
+__all__ = ["EXTRA_COMMANDS", "IMAGE_PREDICT", "SUBCOMMANDS", "main", "top_level_help"]
 
 #: Extra commands: space-separated command words -> ``"module:function"``; the function gets the
 #: arguments after the command words and returns an exit code.
@@ -158,19 +128,6 @@ def _check_command(word: str) -> None:
     raise UserError(f"unknown command {word!r}{did_you_mean(close_words(word, commands))}; see vpnext --help")
 
 
-def close_words(given: str, known: Sequence[str]) -> list[str]:
-    """Up to three of ``known`` closest to ``given``; words that start with ``given`` come first
-    (they are what a prefix-matching parser would have picked silently)."""
-    prefixed = sorted(k for k in known if k.startswith(given) and k != given)
-    close = difflib.get_close_matches(given, known, n=2, cutoff=0.75)
-    return list(dict.fromkeys([*prefixed[:2], *close]))[:3]
-
-
-def did_you_mean(choices: Sequence[str]) -> str:
-    """``" (did you mean X or Y?)"``, empty without choices (see :func:`close_words`)."""
-    return f" (did you mean {' or '.join(choices)}?)" if choices else ""
-
-
 def _extra_commands_epilog() -> str:
     names = ", ".join(f"'vpnext {name}'" for name in sorted(EXTRA_COMMANDS))
     return f"Other commands: {names} (each takes --help)."
@@ -195,10 +152,8 @@ def _is_peer_failure(err: BaseException) -> bool:
 
 def _rank_label() -> str:
     """``[rank N] `` in a multi-process job (torchrun, SLURM or Lightning's launcher), else empty."""
-    checkpointing = sys.modules.get("vpnext.training.checkpointing")
-    job = getattr(checkpointing, "JOB", {"world_size": 1, "rank": 0})
-    if job["world_size"] > 1:
-        return f"[rank {job['rank']}] "
+    if JOB["world_size"] > 1:
+        return f"[rank {JOB['rank']}] "
     world = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")) or 1)
     if world <= 1:
         return ""
@@ -246,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(_load(IMAGE_PREDICT)(args[1:]) or 0)
         _check_command(args[0])
         _check_config_files(args)
-        from vpnext.lightning_cli import run  # Lightning and torch: only for these commands
+        from vpnext.cli.lightning import run  # Lightning and torch: only for these commands
 
         return run(args, in_process=argv is not None, epilog=_extra_commands_epilog())
     except ArgumentError as err:
@@ -283,7 +238,3 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.environ.pop(DEBUG_ENV, None)
         else:
             os.environ[DEBUG_ENV] = saved_debug
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

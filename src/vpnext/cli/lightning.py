@@ -1,6 +1,6 @@
 """``vpnext fit|validate|test|predict``: LightningCLI for the segmentation module, one directory per run.
 
-Imported by :func:`vpnext.cli.main` only for these four commands, so that ``vpnext --help``,
+Imported by :func:`vpnext.cli.main.main` only for these four commands, so that ``vpnext --help``,
 ``--version`` and the other tools start without Lightning. Every constructor argument of
 :class:`~vpnext.training.SegmentationModule`, :class:`~vpnext.data.SegDataModule` and the
 Trainer is a ``--model.*``/``--data.*``/``--trainer.*`` option or a YAML key; flags are matched
@@ -9,25 +9,33 @@ exactly (no prefixes) and an unknown one gets "did you mean" suggestions.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 import warnings
 from argparse import ArgumentError
-from collections.abc import Callable, Iterable, Sequence
-from datetime import timedelta
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 from jsonargparse import Namespace
 from lightning.fabric.plugins import CheckpointIO
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
-from vpnext.cli import close_words, did_you_mean
+from vpnext.cli.assembly import default_loggers, parser_kwargs, place_loggers, run_callbacks
+from vpnext.cli.checks import (
+    check_inputs,
+    fold_root_dir,
+    model_flags,
+    plain,
+    read_checkpoint,
+    suggest_flag,
+    wants_progress_bar,
+)
 from vpnext.data import SegDataModule
 from vpnext.run_dir import (
+    JOB,
     RUN_DIR_ENV,
     InitOptions,
     RunOptions,
@@ -42,24 +50,13 @@ from vpnext.run_dir import (
 )
 from vpnext.training import (
     MODEL_ARGS,
-    PredictionWriter,
-    ResultsWriter,
     SegmentationModule,
 )
 from vpnext.training.checkpointing import (
-    JOB,
     PREEMPTED_EXIT_CODE,
-    CorruptCheckpointError,
-    JobRecorder,
-    LastCheckpoint,
-    NonFiniteLossGuard,
     Preempted,
-    PreemptionCheckpoint,
     ResumedCSVLog,
-    RNGStateCheckpoint,
     SafeCheckpointIO,
-    check_backbone_weights,
-    check_weights_file,
     describe_mismatch,
     load_state_dict_file,
     load_weights,
@@ -70,11 +67,10 @@ from vpnext.training.pictures import ValidationPictures
 from vpnext.training.progress import progress_bar
 
 __all__ = ["VPNeXtCLI", "run"]
+
 #: Model arguments a checkpoint fixes (they shape the weights); ``num_classes`` and ``img_size``
 #: come from the data through the links.
 ARCHITECTURE_ARGS = tuple(a for a in MODEL_ARGS if a not in ("num_classes", "img_size", "pretrained"))
-#: Checkpoint path keywords Lightning resolves itself (not files).
-_CKPT_KEYWORDS = {"best", "last", "hpc", "registry"}
 
 
 class RunConfigCallback(SaveConfigCallback):
@@ -140,9 +136,9 @@ class VPNeXtCLI(LightningCLI):
             model_class=SegmentationModule,
             datamodule_class=SegDataModule,
             save_config_callback=RunConfigCallback,
-            trainer_defaults={"logger": _default_loggers()},
+            trainer_defaults={"logger": default_loggers()},
             seed_everything_default=0,
-            parser_kwargs=_parser_kwargs(epilog, self.subcommands()),
+            parser_kwargs=parser_kwargs(epilog, self.subcommands()),
             auto_configure_optimizers=False,
             args=args,
         )
@@ -166,8 +162,8 @@ class VPNeXtCLI(LightningCLI):
         self.pictures: ValidationPictures | None = None
         if subcommand:
             config = self.config[subcommand]
-            _check_inputs(config)
-            _fold_root_dir(config)
+            check_inputs(config)
+            fold_root_dir(config)
             config.run.name = experiment_name(config.run, config.get("config"))
             if str(config.get("ckpt_path")) == "last" and not os.environ.get(RUN_DIR_ENV):
                 # Lightning's own "last" looks only in this (new) run's folder: it finds nothing
@@ -192,7 +188,7 @@ class VPNeXtCLI(LightningCLI):
             return message
         options = [o for o in sub._option_string_actions if o.startswith("--")]
         flags = [word.split("=", 1)[0] for word in unknown.split() if word.startswith("--")]
-        hints = [f"{flag}{_suggest(flag, options)}" for flag in flags]
+        hints = [f"{flag}{suggest_flag(flag, options)}" for flag in flags]
         return f"{head}unrecognized arguments: {' '.join(hints) or unknown}"
 
     def _parse_ckpt_path(self) -> None:
@@ -217,11 +213,11 @@ class VPNeXtCLI(LightningCLI):
         architecture = {k: hparams[k] for k in ARCHITECTURE_ARGS if k in hparams}
         if is_launching_process():
             configured = self.config[subcommand].model
-            for flag, name in _model_flags(self.words):
-                if name in architecture and _plain(configured.get(name)) != _plain(architecture[name]):
+            for flag, name in model_flags(self.words):
+                if name in architecture and plain(configured.get(name)) != plain(architecture[name]):
                     print(
-                        f"vpnext: warning: {flag}={_plain(configured.get(name))} ignored: the checkpoint "
-                        f"fixes the architecture and has {name}={_plain(architecture[name])} ({ckpt})",
+                        f"vpnext: warning: {flag}={plain(configured.get(name))} ignored: the checkpoint "
+                        f"fixes the architecture and has {name}={plain(architecture[name])} ({ckpt})",
                         file=sys.stderr,
                         flush=True,
                     )
@@ -243,21 +239,21 @@ class VPNeXtCLI(LightningCLI):
         # The saved config names the experiment, not the folder, so rerunning it starts a new run.
         config.run.dir = None
         config.trainer.default_root_dir = str(run_dir)
-        config.trainer.logger = _place_loggers(config.trainer.logger, run_dir, name)
+        config.trainer.logger = place_loggers(config.trainer.logger, run_dir, name)
         ckpt = config.get("ckpt_path")
         # Outside fit nothing is saved; pointing the checkpoint callbacks at the folder the
         # checkpoint came from lets Lightning restore their state without a "dirpath changed" warning.
         ckpt_dir = (
             Path(str(ckpt)).parent if subcommand != "fit" and ckpt and Path(str(ckpt)).is_file() else None
         )
-        self.trainer_defaults["callbacks"] = _run_callbacks(
+        self.trainer_defaults["callbacks"] = run_callbacks(
             run_dir, name, subcommand, ckpt_dir, config.run.ckpt_every_n_steps, config.run.ckpt_every_minutes
         )
         if subcommand in ("fit", "validate", "test") and config.run.pictures > 0:
             self.pictures = ValidationPictures(config.run.pictures, str(run_dir / "pictures"))
             self.trainer_defaults["callbacks"].append(self.pictures)
         self.trainer_defaults["callbacks"].append(AnnounceStart(self.announce))
-        if _wants_progress_bar(config.trainer):
+        if wants_progress_bar(config.trainer):
             self.trainer_defaults["callbacks"].append(progress_bar(config.run.progress_every))
         if self.resuming:
             self.save_config_kwargs["overwrite"] = True  # the run's own config.yaml, rewritten
@@ -333,243 +329,6 @@ class VPNeXtCLI(LightningCLI):
                 raise UserError(f"init.weights: {err}; {hint}") from None
             if is_launching_process():
                 print(f"vpnext: init.weights: {summary}", file=sys.stderr, flush=True)
-
-
-def _wants_progress_bar(trainer: Namespace) -> bool:
-    """Whether to add vpnext's progress display: the bar is on and no callback is a progress bar."""
-    if trainer.get("enable_progress_bar") is False:
-        return False
-    callbacks = trainer.get("callbacks") or []
-    callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
-    names = [str(getattr(c, "class_path", None) or type(c).__name__) for c in callbacks]
-    return not any(name.endswith("ProgressBar") for name in names)
-
-
-def _model_flags(words: Sequence[str]) -> list[tuple[str, str]]:
-    """``(flag, argument name)`` for each ``--model.NAME`` on a command line."""
-    flags = [word.split("=", 1)[0] for word in words if word.startswith("--model.")]
-    return [(flag, flag[len("--model.") :]) for flag in dict.fromkeys(flags)]
-
-
-def _plain(value: Any) -> Any:
-    """Tuples as lists, so that a YAML list and a Python tuple compare equal."""
-    return list(value) if isinstance(value, tuple) else value
-
-
-def _suggest(flag: str, options: list[str]) -> str:
-    """ " (did you mean --model.x?)" for an unknown flag, compared by name within its section."""
-    section, dot, name = flag.partition(".")
-    names = {o[len(section) + 1 :]: o for o in options if o.startswith(section + ".")} if dot else {}
-    if not names:
-        return did_you_mean(close_words(flag, options))
-    return did_you_mean([names[n] for n in close_words(name, list(names))])
-
-
-def _parser_kwargs(epilog: str | None, subcommands: Iterable[str]) -> dict[str, Any]:
-    # exit_on_error=False: parse errors raise, and main() prints them as one line without the
-    # hundred-line usage block. allow_abbrev=False: `--model.hic=2` is an error, not hiclr_depth.
-    common = {"exit_on_error": False, "allow_abbrev": False}
-    kwargs: dict[str, Any] = {"prog": "vpnext", **common}
-    if epilog:
-        kwargs["epilog"] = epilog
-    for subcommand in subcommands:
-        kwargs[subcommand] = dict(common)
-    return kwargs
-
-
-def _default_loggers() -> list[dict[str, Any]]:
-    """CSV always; TensorBoard when installed. Their folders are set per run."""
-    loggers = [{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "."}}]
-    if any(importlib.util.find_spec(m) is not None for m in ("tensorboard", "tensorboardX")):
-        loggers.append(
-            {"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "."}}
-        )
-    return loggers
-
-
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    """A ``vpnext fit`` checkpoint for ``--ckpt_path`` (memory-mapped, ``weights_only``).
-
-    Raises:
-        UserError: ``not a checkpoint: PATH (why)`` for a file that is unreadable or holds no
-            Lightning ``state_dict`` (say, a plain state-dict file).
-        UnsafeCheckpointError: The file carries pickled code.
-    """
-    try:
-        checkpoint = check_weights_file(path)
-    except CorruptCheckpointError as err:
-        raise UserError(f"not a checkpoint: {path} ({err.reason})") from None
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("state_dict"), dict):
-        raise UserError(
-            f"not a checkpoint: {path} (no Lightning state_dict; --ckpt_path takes a best.ckpt/last.ckpt "
-            "of vpnext fit, --init.weights a file of weights)"
-        )
-    return checkpoint
-
-
-def _fold_root_dir(config: Namespace) -> None:
-    """Honour ``--trainer.default_root_dir``: it names the folder of the runs, as ``--run.root`` does.
-
-    The Trainer's ``default_root_dir`` becomes the run directory itself (set later). A value that
-    is a run directory (it holds a ``config.yaml``) comes from a config saved by an older vpnext,
-    which stored the run directory there; it is ignored.
-
-    Raises:
-        UserError: ``run.root`` and ``trainer.default_root_dir`` both given, and different.
-    """
-    root_dir = config.trainer.get("default_root_dir")
-    config.trainer.default_root_dir = None
-    if root_dir is None or (Path(root_dir) / "config.yaml").is_file():
-        return
-    if config.run.root != RunOptions.root and Path(config.run.root) != Path(root_dir):
-        raise UserError(
-            f"trainer.default_root_dir={root_dir} and run.root={config.run.root}: give one "
-            "(both name the folder that holds the runs)"
-        )
-    config.run.root = str(root_dir)
-
-
-def _check_inputs(config: Namespace) -> None:
-    """Fail before any folder is created for files that must exist."""
-    ckpt = config.get("ckpt_path")
-    if ckpt and str(ckpt) not in _CKPT_KEYWORDS and not Path(str(ckpt)).is_file():
-        raise UserError(f"ckpt_path: checkpoint file not found: {ckpt}")
-    # Files from others are opened weights_only (no code runs) before anything else happens.
-    if ckpt and Path(str(ckpt)).is_file():
-        read_checkpoint(Path(str(ckpt)))
-    pretrained = config.model.get("pretrained")
-    if isinstance(pretrained, str) and pretrained.lower() not in ("true", "false"):
-        if not Path(pretrained).expanduser().is_file():
-            raise UserError(f"model.pretrained: backbone weights file not found: {pretrained}")
-        check_weights_file(Path(pretrained).expanduser())
-        try:
-            check_backbone_weights(config.model.backbone, Path(pretrained).expanduser())
-        except ValueError as err:
-            raise UserError(f"model.pretrained: {err}") from None
-    init = config.get("init")
-    if init is not None and init.weights:
-        if not Path(init.weights).is_file():
-            raise UserError(f"init.weights: weights file not found: {init.weights}")
-        check_weights_file(init.weights)
-    data = config.data
-    from vpnext.data.datasets import DATASET_CLASSES  # the registry, without building anything
-
-    if data.dataset not in DATASET_CLASSES:
-        known = ", ".join(sorted(DATASET_CLASSES))
-        raise UserError(f"data.dataset: unknown dataset {data.dataset!r}; known: {known}")
-    if data.dataset != "synthetic" and data.root and not Path(data.root).is_dir():
-        raise UserError(f"data.root: dataset root of {data.dataset!r} not found: {data.root}")
-    if data.get("predict_dir") and not Path(data.predict_dir).is_dir():
-        raise UserError(f"data.predict_dir: folder of images to predict not found: {data.predict_dir}")
-    for key, low, inclusive in _RANGES:
-        section, _, name = key.partition(".")
-        value = config[section].get(name) if section in config else None
-        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if numeric and (value < low or (value == low and not inclusive)):
-            bound = f">= {low}" if inclusive else f"> {low}"
-            raise UserError(f"{key}: must be {bound}, got {value}")
-
-
-#: Numeric options with a lower bound the classes themselves would only report deep inside torch:
-#: (key, bound, bound allowed).
-_RANGES = (
-    ("data.batch_size", 1, True),
-    ("data.val_batch_size", 1, True),
-    ("data.num_workers", 0, True),
-    ("model.lr", 0.0, False),
-    ("model.weight_decay", 0.0, True),
-    ("model.warmup_iters", 0, True),
-    ("trainer.max_epochs", -1, True),
-)
-
-
-def _place_loggers(loggers: Any, run_dir: Path, name: str) -> Any:
-    """Point every configured logger into ``run_dir`` (CSV at its top, TensorBoard in a subfolder)."""
-    if loggers is False or loggers is None:
-        return loggers
-    if loggers is True:
-        loggers = [Namespace(class_path="lightning.pytorch.loggers.CSVLogger", init_args=Namespace())]
-    items = loggers if isinstance(loggers, list) else [loggers]
-    for item in items:
-        if not isinstance(item, Namespace) or "class_path" not in item:
-            continue
-        init = item.get("init_args") or Namespace()
-        kind = item.class_path.rsplit(".", 1)[-1]
-        if kind == "CSVLogger":
-            init.save_dir, init.name, init.version = str(run_dir), "", ""
-        elif kind == "TensorBoardLogger":
-            init.save_dir, init.name, init.version = str(run_dir), "tensorboard", ""
-        elif kind == "WandbLogger":
-            init.save_dir = str(run_dir)
-            init.name = init.get("name") or f"{name}/{run_dir.name}"
-        elif "save_dir" in init:
-            init.save_dir = str(run_dir)
-        item.init_args = init
-    # CSV first: it warns (and deletes metrics.csv) if another logger has already written into the
-    # run directory when it starts.
-    return sorted(items, key=lambda item: getattr(item, "class_path", "").rsplit(".", 1)[-1] != "CSVLogger")
-
-
-def _run_callbacks(
-    run_dir: Path,
-    name: str,
-    subcommand: str,
-    ckpt_dir: Path | None = None,
-    every_n_steps: int | None = None,
-    every_minutes: float | None = None,
-) -> list[Callback]:
-    """Callbacks every run has: checkpoints (best by val/mIoU, latest), lr log, results, predictions.
-
-    Args:
-        run_dir: The run directory.
-        name: Experiment name.
-        subcommand: ``fit``, ``validate``, ``test`` or ``predict``.
-        ckpt_dir: Checkpoint folder to use instead of ``<run_dir>/checkpoints``.
-        every_n_steps: Extra ``last.ckpt`` interval in steps (``run.ckpt_every_n_steps``).
-        every_minutes: Extra ``last.ckpt`` interval in minutes (``run.ckpt_every_minutes``).
-
-    Raises:
-        UserError: Both intervals, or a non-positive one.
-    """
-    if every_n_steps is not None and every_n_steps <= 0:
-        raise UserError(f"run.ckpt_every_n_steps must be a positive number of steps, got {every_n_steps}")
-    if every_minutes is not None and every_minutes <= 0:
-        raise UserError(f"run.ckpt_every_minutes must be positive, got {every_minutes}")
-    if every_n_steps is not None and every_minutes is not None:
-        raise UserError("run.ckpt_every_n_steps and run.ckpt_every_minutes: set one of them, not both")
-    ckpt_dir = ckpt_dir or run_dir / "checkpoints"
-    last = LastCheckpoint(
-        str(ckpt_dir),
-        every_n_train_steps=every_n_steps,
-        train_time_interval=None if every_minutes is None else timedelta(minutes=every_minutes),
-    )
-    callbacks: list[Callback] = [
-        JobRecorder(),
-        ResultsWriter(dirpath=str(run_dir), config_path=str(run_dir / "config.yaml"), experiment=name),
-    ]
-    # Every subcommand gets the checkpoint callback: validating a fit checkpoint without it makes
-    # Lightning warn that the callbacks that wrote the checkpoint are missing.
-    callbacks += [
-        ModelCheckpoint(
-            dirpath=str(ckpt_dir),
-            filename="best",
-            monitor="val/mIoU",
-            mode="max",
-            save_top_k=1,
-            auto_insert_metric_name=False,
-        ),
-        last,
-    ]
-    if subcommand == "fit":
-        callbacks += [
-            LearningRateMonitor(logging_interval="step"),
-            PreemptionCheckpoint(last),
-            RNGStateCheckpoint(),
-            NonFiniteLossGuard(),
-        ]
-    if subcommand == "predict":
-        callbacks.append(PredictionWriter(str(run_dir / "predictions")))
-    return callbacks
 
 
 def run(args: list[str], in_process: bool, epilog: str | None = None) -> int:
