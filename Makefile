@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install test lint quickstart camvid
+.PHONY: install test test-fast lint quickstart camvid
 install:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
@@ -10,7 +10,15 @@ install:
 
 test:
 	$(BIN)/ruff check src tests scripts
+	$(BIN)/lint-imports
 	$(BIN)/pytest -q
+
+# The inner loop: lint, the layers contract and every test not marked slow (no training run, no
+# extra process).
+test-fast:
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/lint-imports
+	$(BIN)/pytest -q -m "not slow"
 
 lint:
 	$(BIN)/ruff check src tests scripts

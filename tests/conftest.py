@@ -7,10 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED = REPO_ROOT.parent / "shared"
-
-TINY = dict(backbone="vit_tiny_patch16_224", img_size=64, decoder_dim=32, pyramid_dim=16, num_heads=4)
+from tests.helpers import SHARED
 
 
 @pytest.fixture(autouse=True)

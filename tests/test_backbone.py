@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 from timm.layers import resample_abs_pos_embed
 
-from tests.conftest import TINY
+from tests.helpers import TINY
 from vpnext.models import ViTBackbone, VPNeXt
 
 

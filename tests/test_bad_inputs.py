@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO_ROOT
+
+from tests.helpers import REPO_ROOT
 
 
 def _script():  # noqa: ANN202

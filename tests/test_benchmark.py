@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import TINY
+from tests.helpers import TINY
 from vpnext.cli import main as cli_main
 from vpnext.models import VPNeXt
 from vpnext.models.macs import count_macs

@@ -10,19 +10,19 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import TINY
 from test_cli import SMALL_RUN_ARGS
 
-from vpnext.cli import main
-from vpnext.training import SegmentationModule
-from vpnext.training.checkpointing import (
+from tests.helpers import TINY
+from vpnext.checkpoint_io import (
     CorruptCheckpointError,
-    SafeCheckpointIO,
     UnsafeCheckpointError,
     atomic_torch_save,
     load_weights,
     safe_load,
 )
+from vpnext.cli import main
+from vpnext.training import SegmentationModule
+from vpnext.training.checkpoints import SafeCheckpointIO
 
 
 class Payload:
@@ -126,7 +126,7 @@ def test_kill_during_a_checkpoint_write_keeps_the_previous_file(tmp_path: Path) 
     script = (
         "import os, sys, time, torch\n"
         "from pathlib import Path\n"
-        "from vpnext.training.checkpointing import atomic_torch_save\n"
+        "from vpnext.checkpoint_io import atomic_torch_save\n"
         "def slow_sync(fd):\n"  # the new file is written but not yet in place
         "    print('writing', flush=True); time.sleep(120)\n"
         "os.fsync = slow_sync\n"

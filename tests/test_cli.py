@@ -11,35 +11,14 @@ import pytest
 import torch
 import yaml
 
+from tests.helpers import SMALL_RUN_ARGS, only_run_dir
 from vpnext import cli
 from vpnext.cli import RunOptions, UserError, main, resolve_run_dir
 from vpnext.data.synthetic import SYNTHETIC_CLASSES
 
+
 #: A fit that takes seconds: 8 train / 4 val synthetic 64x64 images, tiny decoder, 2 steps of
 #: batch 4 (one per epoch), validation after each epoch, so the last one sees the final weights.
-SMALL_RUN_ARGS = [
-    "--trainer.accelerator=cpu",
-    "--trainer.max_steps=2",
-    "--trainer.log_every_n_steps=1",
-    "--trainer.enable_progress_bar=false",
-    "--trainer.enable_model_summary=false",
-    "--trainer.num_sanity_val_steps=0",
-    "--model.decoder_dim=32",
-    "--model.pyramid_dim=16",
-    "--model.num_heads=4",
-    "--model.warmup_iters=1",
-    "--data.crop_size=64",
-    "--data.batch_size=4",
-    "--data.num_workers=0",
-    "--data.synthetic_kwargs={num_train: 8, num_val: 4, image_size: 64}",
-]
-
-
-def only_run_dir(parent: Path, suffix: str) -> Path:
-    (run,) = [p for p in parent.iterdir() if p.name.endswith(suffix)]
-    return run
-
-
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.test_cli import SMALL_RUN_ARGS
-from tests.test_report import table_rows
+from tests.helpers import SMALL_RUN_ARGS, table_rows
 from vpnext import __version__
 from vpnext.cli import main
 from vpnext.tools import report

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from tests.test_export import write_small_checkpoint
+from tests.helpers import write_small_checkpoint
 from vpnext.cli import main
 from vpnext.inference import Segmenter
 from vpnext.tools.context_maps import context_maps, token_of

@@ -13,17 +13,17 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from vpnext.cli import main
-from vpnext.data import DatasetError
-from vpnext.errors import OneLineError, UserError, describe, original_message
-from vpnext.models import PretrainedWeightsError
-from vpnext.training.checkpointing import (
+from vpnext.checkpoint_io import (
     CheckpointWriteError,
     CorruptCheckpointError,
     NonFiniteLossError,
     NonFiniteWeightsError,
     UnsafeCheckpointError,
 )
+from vpnext.cli import main
+from vpnext.data import DatasetError
+from vpnext.errors import OneLineError, UserError, describe, original_message
+from vpnext.models import PretrainedWeightsError
 
 
 class _Broken(Dataset):

@@ -9,40 +9,15 @@ import pytest
 import torch
 from torch import nn
 
+from tests.helpers import write_small_checkpoint
 from vpnext.cli import main
 from vpnext.inference import Segmenter
 from vpnext.tools.export import FORMATS, inference_graph, load_exported
 
 pytestmark = pytest.mark.slow
 
+
 #: ``test_vit`` is timm's 6-block, 64-wide ViT: the export traces the same code as ViT-L in seconds.
-MODEL = dict(
-    num_classes=4, backbone="test_vit", img_size=64, decoder_dim=32, pyramid_dim=16, num_heads=4, aux="vcr"
-)
-
-
-def write_small_checkpoint(path: Path, **overrides: object) -> Path:
-    """A checkpoint whose deformable convs sample at non-zero offsets (theirs start at zero)."""
-    from vpnext.training import SegmentationModule
-
-    torch.manual_seed(0)
-    module = SegmentationModule(**{**MODEL, **overrides})
-    for conv in module.model.modules():
-        if isinstance(conv, nn.Conv2d) and conv.out_channels % 18 == 0 and conv.weight.abs().sum() == 0:
-            nn.init.normal_(conv.weight, std=0.05)
-            if conv.bias is not None:
-                nn.init.normal_(conv.bias, std=1.0)
-    torch.save(
-        {
-            "hyper_parameters": dict(module.hparams),
-            "state_dict": module.state_dict(),
-            "datamodule_hyper_parameters": {"dataset": "synthetic", "normalize_for": "test_vit"},
-        },
-        path,
-    )
-    return path
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_small_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.ckpt")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,12 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.test_cli import SMALL_RUN_ARGS, only_run_dir
+from tests.helpers import SMALL_RUN_ARGS, only_run_dir
+from vpnext.checkpoint_io import CorruptCheckpointError
 from vpnext.cli import main
 from vpnext.data.synthetic import SYNTHETIC_CLASSES, SYNTHETIC_PALETTE
 from vpnext.evaluation import jaccard_index
 from vpnext.inference import Segmenter, to_rgb
-from vpnext.training.checkpointing import CorruptCheckpointError
 
 #: The tiny run evaluates 64x64 images resized to 60x60 (test scale) with a 48-pixel sliding window,
 #: so the API has to reproduce the resize, the window and the normalisation of the checkpoint.
@@ -167,3 +169,19 @@ def test_to_rgb_refuses_what_it_cannot_read() -> None:
         to_rgb(np.zeros((4, 4, 2), dtype=np.uint8))
     with pytest.raises(TypeError, match="list"):
         to_rgb([[0, 1]])  # type: ignore[arg-type]
+
+
+def test_labelling_an_image_loads_no_lightning(trained: dict[str, Path], segmenter: Segmenter) -> None:
+    image = next(trained["val_images"].iterdir())
+    script = (
+        "import sys, numpy as np\n"
+        "from vpnext.inference import Segmenter\n"
+        f"labels = Segmenter.from_checkpoint({str(trained['ckpt'])!r}).predict({str(image)!r})\n"
+        f"np.save({str(trained['ckpt'].parent / 'labels.npy')!r}, labels)\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning'))\n"
+        "assert not loaded, loaded\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    labels = np.load(trained["ckpt"].parent / "labels.npy")
+    np.testing.assert_array_equal(labels, segmenter.predict(image))

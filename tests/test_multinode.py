@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO_ROOT
 from test_ddp import vpnext_command
+
+from tests.helpers import REPO_ROOT
 
 MARKER = "<!-- multi-node commands: tests/test_multinode.py runs exactly these lines -->"
 

@@ -9,9 +9,10 @@ import pytest
 import torch
 from test_cli import SMALL_RUN_ARGS
 
+from vpnext.checkpoint_io import NonFiniteWeightsError
 from vpnext.cli import main
 from vpnext.run_dir import ANNOUNCEMENT
-from vpnext.training.checkpointing import NonFiniteWeightsError, SafeCheckpointIO
+from vpnext.training.checkpoints import SafeCheckpointIO
 
 
 class PoisonAtStep(L.Callback):

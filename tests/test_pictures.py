@@ -11,8 +11,7 @@ import pytest
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from tests.test_cli import SMALL_RUN_ARGS, only_run_dir
-from tests.test_training import _module, _sample
+from tests.helpers import SMALL_RUN_ARGS, one_hot_module, only_run_dir, sample_with_ids
 from vpnext.cli import main
 from vpnext.data import seg_collate
 from vpnext.data.base import read_image
@@ -30,8 +29,8 @@ def test_confusion_matrix_counts_pixels_by_label_and_prediction(tmp_path: Path) 
     ids_b[:, :3] = 1
     label_b = torch.ones(6, 6, dtype=torch.long)
     label_b[:, 5] = 255
-    samples = [_sample(torch.zeros(4, 4, dtype=torch.long), label_a), _sample(ids_b, label_b)]
-    module = _module()
+    samples = [sample_with_ids(torch.zeros(4, 4, dtype=torch.long), label_a), sample_with_ids(ids_b, label_b)]
+    module = one_hot_module()
     trainer = L.Trainer(
         accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, default_root_dir=tmp_path,

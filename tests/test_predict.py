@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.test_export import write_small_checkpoint
+from tests.helpers import write_small_checkpoint
 from vpnext.cli import main
 from vpnext.inference import Segmenter
 from vpnext.inference.pictures import colorize, overlay, palette_png

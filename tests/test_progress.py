@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.test_cli import SMALL_RUN_ARGS
+from tests.helpers import SMALL_RUN_ARGS
 from vpnext.cli import main
 from vpnext.training.progress import LineProgress, StepProgressBar, position, progress_bar
 

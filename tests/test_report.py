@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import section, table_rows
 from vpnext.tools import report
 
 SETTING = {"dataset": "synthetic", "num_classes": 4, "crop_size": [64, 64]}
@@ -59,17 +60,6 @@ def runs(tmp_path: Path) -> Path:
     write_run(root, "h", 0.3, upsampler="hiclr", hiclr_depth=2, replay_stop_grad=False)  # extras only
     write_run(root, "i", 0.3, aux="naive_align")  # extras only
     return root
-
-
-def section(markdown: str, title: str) -> list[str]:
-    lines = markdown.split("\n")
-    start = next(i for i, line in enumerate(lines) if line.startswith(f"## {title}"))
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-    return lines[start:end]
-
-
-def table_rows(markdown: str, title: str) -> list[str]:
-    return [line for line in section(markdown, title)[4:] if line.startswith("| ")]
 
 
 def test_table1_rows_exact(runs: Path) -> None:

@@ -24,7 +24,7 @@ from test_ddp import vpnext_command
 
 from vpnext import cli
 from vpnext.cli import main
-from vpnext.training.checkpointing import PREEMPTED_EXIT_CODE
+from vpnext.schema import PREEMPTED_EXIT_CODE
 
 #: 8 train images in batches of 2: 4 steps per epoch, 8 steps in all, validation after each epoch.
 RESUME_ARGS = [

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import REPO_ROOT
+from tests.helpers import REPO_ROOT
 from vpnext.tools import sweep as runner
 
 SWEEPS = sorted((REPO_ROOT / "sweeps").glob("*.yaml"))

@@ -7,11 +7,10 @@ import re
 import lightning as L
 import pytest
 import torch
-import torch.nn.functional as F
-from conftest import TINY
 from torch import nn
 from torch.utils.data import DataLoader
 
+from tests.helpers import TINY, one_hot_module, sample_with_ids
 from vpnext.data import seg_collate
 from vpnext.models import VPNeXt
 from vpnext.training import SegmentationModule, build_param_groups, build_scheduler, warmup_poly_factor
@@ -115,44 +114,17 @@ def test_scheduler_rejects_warmup_longer_than_run() -> None:
         build_scheduler(optimizer, total_steps=10, warmup_steps=20)
 
 
-class OneHotOfChannel0(nn.Module):
-    """Stand-in network: channel 0 of the image holds the class id to predict."""
-
-    def __init__(self, num_classes: int) -> None:
-        super().__init__()
-        self.num_classes = num_classes
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        ids = images[:, 0].round().long().clamp(0, self.num_classes - 1)
-        return F.one_hot(ids, self.num_classes).permute(0, 3, 1, 2).float() * 10
-
-
-def _sample(image_ids: torch.Tensor, label: torch.Tensor) -> dict:
-    image = image_ids.float().expand(3, *image_ids.shape).clone()
-    return {
-        "image": image,
-        "label": label,
-        "meta": {"img_size": tuple(image_ids.shape), "ori_size": tuple(label.shape), "image_path": "x.png"},
-    }
-
-
-def _module(num_classes: int = 3) -> SegmentationModule:
-    module = SegmentationModule(num_classes=num_classes, eval_window="whole", aux="none", **TINY)
-    module.model = OneHotOfChannel0(num_classes)
-    return module
-
-
 def test_validation_scores_original_resolution_and_skips_absent_classes(tmp_path) -> None:
     # Sample A: a 4x4 image of class 0 evaluated against an 8x8 label (half 0, half 1).
     label_a = torch.zeros(8, 8, dtype=torch.long)
     label_a[4:] = 1
-    sample_a = _sample(torch.zeros(4, 4, dtype=torch.long), label_a)
+    sample_a = sample_with_ids(torch.zeros(4, 4, dtype=torch.long), label_a)
     # Sample B: 6x6, predicts 1 on the left half and 0 on the right; label all 1 but one ignored column.
     ids_b = torch.zeros(6, 6, dtype=torch.long)
     ids_b[:, :3] = 1
     label_b = torch.ones(6, 6, dtype=torch.long)
     label_b[:, 5] = 255
-    samples = [sample_a, _sample(ids_b, label_b)]
+    samples = [sample_a, sample_with_ids(ids_b, label_b)]
     batch = seg_collate(samples)
     assert batch["image"].shape[-2:] == (6, 6) and batch["label"].shape[-2:] == (8, 8)  # padded
 
@@ -160,7 +132,7 @@ def test_validation_scores_original_resolution_and_skips_absent_classes(tmp_path
     # Class 1: A 32 missed; B 18 correct. Class 2: absent everywhere -> no IoU.
     iou0 = 32 / (32 + 32 + 12)
     iou1 = 18 / (18 + 32 + 12)
-    module = _module()
+    module = one_hot_module()
     trainer = L.Trainer(
         accelerator="cpu",
         logger=False,
@@ -185,7 +157,9 @@ def test_validation_scores_original_resolution_and_skips_absent_classes(tmp_path
 def _indexed_split(size: int) -> list[dict]:
     samples = []
     for index in range(size):
-        sample = _sample(torch.full((4, 4), index % 2, dtype=torch.long), torch.zeros(4, 4, dtype=torch.long))
+        sample = sample_with_ids(
+            torch.full((4, 4), index % 2, dtype=torch.long), torch.zeros(4, 4, dtype=torch.long)
+        )
         sample["meta"]["index"] = index
         samples.append(sample)
     return samples
@@ -203,7 +177,7 @@ COUNTS = ("images_evaluated", "images_distinct", "partial", "images_repeated")
     ],
 )
 def test_evaluation_counts_the_images_it_scored(tmp_path, limit, order, counts) -> None:
-    module = _module()
+    module = one_hot_module()
     trainer = L.Trainer(
         accelerator="cpu",
         logger=False,
@@ -224,10 +198,10 @@ def test_evaluation_counts_the_images_it_scored(tmp_path, limit, order, counts) 
 
 
 def test_predict_returns_label_maps_at_original_size() -> None:
-    module = _module()
+    module = one_hot_module()
     ids = torch.tensor([[2, 2], [1, 0]])
-    sample = _sample(ids, torch.zeros(4, 4, dtype=torch.long))  # label only sets ori_size
-    other = _sample(torch.ones(3, 5, dtype=torch.long), torch.zeros(3, 5, dtype=torch.long))
+    sample = sample_with_ids(ids, torch.zeros(4, 4, dtype=torch.long))  # label only sets ori_size
+    other = sample_with_ids(torch.ones(3, 5, dtype=torch.long), torch.zeros(3, 5, dtype=torch.long))
     batch = seg_collate([sample, other])
     module.eval()
     with torch.no_grad():

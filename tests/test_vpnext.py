@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import TINY
+from tests.helpers import TINY
 from vpnext.models import VPNeXt, VPNeXtOutput, resolve_aux_layers
 from vpnext.models.vitup import HiCLRStep
 

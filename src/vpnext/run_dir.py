@@ -93,7 +93,7 @@ class InitOptions:
 
 
 #: This process's place in a multi-process job, recorded when the Trainer is set up
-#: (``vpnext.training.checkpointing.JobRecorder``; the CLI labels its error lines with it);
+#: (``vpnext.training.job.JobRecorder``; the CLI labels its error lines with it);
 #: ``rank 0, world_size 1`` outside one.
 JOB = {"rank": 0, "world_size": 1}
 

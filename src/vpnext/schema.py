@@ -7,6 +7,7 @@ callbacks read the same names without importing one another.
 from __future__ import annotations
 
 __all__ = [
+    "CLASSES_KEY",
     "COVERAGE_KEYS",
     "PREEMPTED_EXIT_CODE",
     "PREEMPTION_SIGNALS",
@@ -20,6 +21,9 @@ RESULTS_FILE = "results.json"
 SCHEMA_VERSION = 1
 #: What ``results.json`` says about the images behind ``mIoU`` (see docs/training.md).
 COVERAGE_KEYS = ("images_evaluated", "images_distinct", "split_size", "partial", "images_repeated")
+
+#: Checkpoint entry with the class names and palette (``{"names": [...], "palette": [[r, g, b], ...]}``).
+CLASSES_KEY = "classes"
 
 #: Exit code of a run stopped by a pre-emption signal after writing a resumable checkpoint
 #: (``EX_TEMPFAIL`` of sysexits.h: "temporary failure, try again"); the sweep runner resumes it.

@@ -14,13 +14,11 @@ from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelChec
 
 from vpnext.errors import UserError
 from vpnext.training import PredictionWriter, ResultsWriter
-from vpnext.training.checkpointing import (
-    JobRecorder,
-    LastCheckpoint,
-    NonFiniteLossGuard,
-    PreemptionCheckpoint,
-    RNGStateCheckpoint,
-)
+from vpnext.training.checkpoints import LastCheckpoint
+from vpnext.training.job import JobRecorder
+from vpnext.training.nan_guard import NonFiniteLossGuard
+from vpnext.training.preemption import PreemptionCheckpoint
+from vpnext.training.rng_state import RNGStateCheckpoint
 
 __all__ = ["default_loggers", "parser_kwargs", "place_loggers", "run_callbacks"]
 

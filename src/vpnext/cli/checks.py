@@ -13,10 +13,10 @@ from typing import Any
 
 from jsonargparse import Namespace
 
+from vpnext.checkpoint_io import CorruptCheckpointError, check_backbone_weights, check_weights_file
 from vpnext.cli.suggest import close_words, did_you_mean
 from vpnext.errors import UserError
 from vpnext.run_dir import RunOptions
-from vpnext.training.checkpointing import CorruptCheckpointError, check_backbone_weights, check_weights_file
 
 __all__ = [
     "CKPT_KEYWORDS",

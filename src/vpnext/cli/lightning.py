@@ -23,6 +23,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
+from vpnext.checkpoint_io import describe_mismatch, load_state_dict_file, load_weights, state_dict_mismatch
 from vpnext.cli.assembly import default_loggers, parser_kwargs, place_loggers, run_callbacks
 from vpnext.cli.checks import (
     check_inputs,
@@ -48,22 +49,15 @@ from vpnext.run_dir import (
     resolve_run_dir,
     resume_command,
 )
+from vpnext.schema import PREEMPTED_EXIT_CODE
 from vpnext.training import (
     MODEL_ARGS,
     SegmentationModule,
 )
-from vpnext.training.checkpointing import (
-    PREEMPTED_EXIT_CODE,
-    Preempted,
-    ResumedCSVLog,
-    SafeCheckpointIO,
-    describe_mismatch,
-    load_state_dict_file,
-    load_weights,
-    read_csv_rows,
-    state_dict_mismatch,
-)
+from vpnext.training.checkpoints import SafeCheckpointIO
+from vpnext.training.csv_log import ResumedCSVLog, read_csv_rows
 from vpnext.training.pictures import ValidationPictures
+from vpnext.training.preemption import Preempted
 from vpnext.training.progress import progress_bar
 
 __all__ = ["VPNeXtCLI", "run"]

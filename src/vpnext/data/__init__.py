@@ -1,8 +1,13 @@
-"""Datasets, augmentation and the LightningDataModule (see docs/datasets.md)."""
+"""Datasets, augmentation and the LightningDataModule (see docs/datasets.md).
+
+:class:`SegDataModule` is loaded on first use (``from vpnext.data import SegDataModule`` works as
+usual), so that the datasets and :class:`DataSettings` are importable without Lightning.
+"""
+
+from typing import Any
 
 from vpnext.data.base import SegmentationDataset, seg_collate
 from vpnext.data.catalog import DATASETS, IGNORE_INDEX, DatasetSpec, get_dataset_spec
-from vpnext.data.datamodule import SegDataModule
 from vpnext.data.datasets import (
     DATASET_CLASSES,
     ADE20KDataset,
@@ -15,6 +20,7 @@ from vpnext.data.datasets import (
     VOCAugDataset,
 )
 from vpnext.data.errors import DatasetError
+from vpnext.data.settings import DataSettings
 
 __all__ = [
     "DATASETS",
@@ -24,6 +30,7 @@ __all__ = [
     "CamVidDataset",
     "CityscapesDataset",
     "CocoStuffDataset",
+    "DataSettings",
     "DatasetError",
     "DatasetSpec",
     "FolderDataset",
@@ -35,3 +42,11 @@ __all__ = [
     "get_dataset_spec",
     "seg_collate",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SegDataModule":
+        from vpnext.data.datamodule import SegDataModule  # Lightning: only when asked for
+
+        return SegDataModule
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -22,14 +22,12 @@ import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from vpnext.data.base import CheckLevel, SegmentationDataset, seg_collate
-from vpnext.data.catalog import IGNORE_INDEX, DatasetSpec, get_dataset_spec
-from vpnext.data.classes import RGB
 from vpnext.data.datasets import DATASET_CLASSES, ImageFolderDataset
 from vpnext.data.errors import DatasetError
 from vpnext.data.groups import GroupRule, count_groups, split_by_groups
 from vpnext.data.resume import EpochSeededDataset, ResumableSampler
 from vpnext.data.sampling import EvalDistributedSampler
-from vpnext.models.backbone import backbone_normalization
+from vpnext.data.settings import DataSettings
 from vpnext.schema import PREEMPTION_SIGNALS
 
 
@@ -76,15 +74,7 @@ def _names(value: str | list[str] | None) -> list[str] | None:
     return [str(v).strip() for v in items if str(v).strip()]
 
 
-def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
-    if isinstance(size, int):
-        return (size, size)
-    if len(size) != 2:
-        raise ValueError(f"expected an int or (height, width), got {size!r}")
-    return (int(size[0]), int(size[1]))
-
-
-class SegDataModule(L.LightningDataModule):
+class SegDataModule(DataSettings, L.LightningDataModule):
     """Semantic-segmentation data for any dataset in :data:`vpnext.data.catalog.DATASETS`.
 
     Args:
@@ -173,25 +163,21 @@ class SegDataModule(L.LightningDataModule):
         predict_dir: str | None = None,
         synthetic_kwargs: dict[str, int] | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(  # DataSettings, then LightningDataModule
+            dataset,
+            root,
+            crop_size=crop_size,
+            train_scale=train_scale,
+            test_scale=test_scale,
+            test_resize=test_resize,
+            slide_crop=slide_crop,
+            slide_stride=slide_stride,
+            mean=mean,
+            std=std,
+            normalize_for=normalize_for,
+        )
         self.save_hyperparameters()
-        if dataset not in DATASET_CLASSES:
-            raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(sorted(DATASET_CLASSES))}")
-        if dataset not in ("synthetic",) and root is None:
-            raise ValueError(f"dataset {dataset!r} needs a root folder (see docs/datasets.md)")
-        if dataset == "folder" and root is not None and not Path(root).is_dir():
-            raise DatasetError(f"{root}: dataset root of 'folder' does not exist")
-        self.dataset_name = dataset
-        # For folder datasets the classes come from meta.json, so they are known right away and
-        # LightningCLI can link num_classes to the model at instantiation.
-        self.spec: DatasetSpec = get_dataset_spec(dataset, root if dataset == "folder" else None)
         self._root: Path | None = None if dataset == "synthetic" else Path(root)  # type: ignore[arg-type]
-        self._crop_size = _pair(crop_size) if crop_size is not None else self.spec.crop_size
-        self._train_scale = tuple(train_scale) if train_scale is not None else self.spec.train_scale
-        scale = tuple(test_scale) if test_scale is not None else self.spec.test_scale
-        self._test_scale = scale if test_resize else None
-        self._slide_crop = _pair(slide_crop) if slide_crop is not None else self.spec.slide_crop
-        self._slide_stride = _pair(slide_stride) if slide_stride is not None else self.spec.slide_stride
         self.train_set: SegmentationDataset | None = None
         self.val_set: SegmentationDataset | None = None
         self.test_set: SegmentationDataset | None = None
@@ -209,69 +195,7 @@ class SegDataModule(L.LightningDataModule):
         self._resume_from: dict[str, int] | None = None
         self._train_sampler: ResumableSampler | None = None
 
-    # ---- what the model and the evaluation need to know -------------------------------------
-    @property
-    def mean(self) -> tuple[float, float, float]:
-        """The normalisation mean in use (given, else ``normalize_for``'s, else ImageNet's)."""
-        return self._normalization[0]
-
-    @property
-    def std(self) -> tuple[float, float, float]:
-        """The normalisation std in use (given, else ``normalize_for``'s, else ImageNet's)."""
-        return self._normalization[1]
-
-    @functools.cached_property
-    def _normalization(self) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
-        from vpnext.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-
-        hp = self.hparams
-        default = (IMAGENET_MEAN, IMAGENET_STD)
-        if hp.normalize_for is not None and (hp.mean is None or hp.std is None):
-            default = backbone_normalization(hp.normalize_for)  # type: ignore[assignment]
-        mean = default[0] if hp.mean is None else hp.mean
-        std = default[1] if hp.std is None else hp.std
-        return tuple(float(v) for v in mean), tuple(float(v) for v in std)  # type: ignore[return-value]
-
-    @property
-    def num_classes(self) -> int:
-        """Number of evaluated classes."""
-        return self.spec.num_classes
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        """Class names in train-id order."""
-        return self.spec.class_names
-
-    @property
-    def palette(self) -> tuple[RGB, ...]:
-        """One RGB colour per class."""
-        return self.spec.palette
-
-    @property
-    def ignore_index(self) -> int:
-        """Label value excluded from loss and metrics (255)."""
-        return IGNORE_INDEX
-
-    @property
-    def crop_size(self) -> tuple[int, int]:
-        """Training crop ``(height, width)``."""
-        return self._crop_size
-
-    @property
-    def test_scale(self) -> tuple[int, int] | None:
-        """Keep-ratio ``(long, short)`` resize applied to val/test images (``None``: native)."""
-        return self._test_scale  # type: ignore[return-value]
-
-    @property
-    def slide_crop(self) -> tuple[int, int] | None:
-        """Sliding-window size for single-scale testing (``None``: whole image)."""
-        return self._slide_crop
-
-    @property
-    def slide_stride(self) -> tuple[int, int] | None:
-        """Sliding-window stride for single-scale testing."""
-        return self._slide_stride
-
+    # ---- groups and splits (the model and evaluation settings: DataSettings) -------------------
     @functools.cached_property
     def group_rule(self) -> GroupRule | None:
         """How a file's group is read (``group_pattern``, else the dataset's rule, else ``None``)."""

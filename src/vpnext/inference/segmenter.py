@@ -25,13 +25,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from vpnext.checkpoint_io import CorruptCheckpointError, safe_load
 from vpnext.data.catalog import DatasetSpec
-from vpnext.data.datamodule import SegDataModule
+from vpnext.data.settings import DataSettings
 from vpnext.evaluation import apply_protocol, resize_to, resolve_eval_protocol
 from vpnext.inference.images import ImageInput, to_rgb
-from vpnext.models import VPNeXt
-from vpnext.training.checkpointing import CorruptCheckpointError, safe_load
-from vpnext.training.module import CLASSES_KEY, MODEL_ARGS
+from vpnext.models import MODEL_ARGS, VPNeXt
+from vpnext.schema import CLASSES_KEY
 
 __all__ = ["EVAL_ARGS", "Segmenter"]
 
@@ -48,7 +48,7 @@ class Segmenter:
 
     Args:
         model: The network (set to eval mode and moved to ``device`` here).
-        data: The run's data module, rebuilt from the checkpoint (normalisation, test resize,
+        data: The run's data settings, rebuilt from the checkpoint (normalisation, test resize,
             sliding window, class names, palette); nothing is read from the dataset's files.
         protocol: The resolved protocol (:func:`vpnext.evaluation.resolve_eval_protocol`).
         device: Where the model runs.
@@ -60,7 +60,7 @@ class Segmenter:
     def __init__(
         self,
         model: VPNeXt,
-        data: SegDataModule,
+        data: DataSettings,
         protocol: dict[str, Any],
         device: str | torch.device = "cpu",
         classes: dict[str, Any] | None = None,
@@ -100,9 +100,9 @@ class Segmenter:
 
         Raises:
             FileNotFoundError: No such file.
-            vpnext.training.checkpointing.CorruptCheckpointError: Not a checkpoint, or not one of
+            vpnext.checkpoint_io.CorruptCheckpointError: Not a checkpoint, or not one of
                 ``vpnext fit``.
-            vpnext.training.checkpointing.UnsafeCheckpointError: The file carries pickled code.
+            vpnext.checkpoint_io.UnsafeCheckpointError: The file carries pickled code.
             ValueError: An unknown override.
         """
         unknown = sorted(set(eval_overrides) - set(EVAL_ARGS))
@@ -201,9 +201,9 @@ class Segmenter:
         )
 
 
-def _data_module(hparams: dict[str, Any], data_root: str | Path | None) -> SegDataModule:
-    """The run's data module from its saved hyperparameters (no dataset file is opened)."""
-    accepted = set(inspect.signature(SegDataModule).parameters)
+def _data_module(hparams: dict[str, Any], data_root: str | Path | None) -> DataSettings:
+    """The run's data settings from its saved hyperparameters (no dataset file is opened)."""
+    accepted = set(inspect.signature(DataSettings).parameters)
     kwargs = {k: v for k, v in hparams.items() if k in accepted}
     if data_root is not None:
         kwargs["root"] = str(data_root)
@@ -212,4 +212,4 @@ def _data_module(hparams: dict[str, Any], data_root: str | Path | None) -> SegDa
             f"the model was trained on the folder dataset at {kwargs.get('root')}, which is not here; "
             "pass data_root= a folder holding its meta.json (class names and palette)"
         )
-    return SegDataModule(**kwargs)
+    return DataSettings(**kwargs)

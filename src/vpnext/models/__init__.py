@@ -2,6 +2,13 @@
 
 from vpnext.models.backbone import PretrainedWeightsError, ViTBackbone
 from vpnext.models.outputs import VPNeXtOutput
-from vpnext.models.vpnext import VPNeXt, resolve_aux_layers
+from vpnext.models.vpnext import MODEL_ARGS, VPNeXt, resolve_aux_layers
 
-__all__ = ["PretrainedWeightsError", "VPNeXt", "VPNeXtOutput", "ViTBackbone", "resolve_aux_layers"]
+__all__ = [
+    "MODEL_ARGS",
+    "PretrainedWeightsError",
+    "VPNeXt",
+    "VPNeXtOutput",
+    "ViTBackbone",
+    "resolve_aux_layers",
+]

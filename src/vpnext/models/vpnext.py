@@ -5,6 +5,7 @@ Every ablation switch is a constructor argument; the module for each switch is p
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -239,3 +240,8 @@ def _check_choice(name: str, value: str, choices) -> None:
     allowed = choices.__args__
     if value not in allowed:
         raise ValueError(f"{name}={value!r} is not one of {', '.join(map(repr, allowed))}")
+
+
+#: The constructor arguments of :class:`VPNeXt` (the architecture and the ablation switches), read
+#: off its signature: the training module, the checkpoint loader and the tools take them from here.
+MODEL_ARGS = tuple(inspect.signature(VPNeXt).parameters)

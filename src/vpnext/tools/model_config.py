@@ -181,7 +181,7 @@ def load_model_config(configs: Sequence[str | Path] = (), overrides: Sequence[st
     from argparse import ArgumentError
 
     from vpnext.data import get_dataset_spec
-    from vpnext.training.module import MODEL_ARGS
+    from vpnext.models import MODEL_ARGS
 
     args: list[str] = []
     for path in configs:

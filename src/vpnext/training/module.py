@@ -16,7 +16,6 @@ labels and the predictions of the split have no IoU (NaN) and are left out of th
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -42,18 +41,14 @@ from vpnext.losses import (
     PixelLoss,
     SegmentationLoss,
 )
-from vpnext.models import VPNeXt
+from vpnext.models import MODEL_ARGS, VPNeXt
 from vpnext.models.presets import DecoderPreset
 from vpnext.models.vpnext import AuxMode, DeformImpl, HeadMode, UpsamplerMode
+from vpnext.schema import CLASSES_KEY
 from vpnext.training.optim import build_optimizer, build_scheduler
 
 __all__ = ["CLASSES_KEY", "MODEL_ARGS", "SegmentationModule"]
 
-#: The constructor arguments passed through to :class:`~vpnext.models.VPNeXt` (the ablation switches),
-#: read off its signature so that the two cannot drift apart.
-MODEL_ARGS = tuple(inspect.signature(VPNeXt).parameters)
-#: Checkpoint entry with the class names and palette (``{"names": [...], "palette": [[r, g, b], ...]}``).
-CLASSES_KEY = "classes"
 
 _STAGE_PREFIX = {"validate": "val", "test": "test"}
 

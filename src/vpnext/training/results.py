@@ -28,12 +28,12 @@ from PIL import Image
 
 import vpnext
 from vpnext.schema import COVERAGE_KEYS, RESULTS_FILE, SCHEMA_VERSION
+from vpnext.training.checkpoints import LastCheckpoint
 
 __all__ = [
     "COVERAGE_KEYS",
     "RESULTS_FILE",
     "SCHEMA_VERSION",
-    "LastCheckpoint",
     "PredictionWriter",
     "ResultsWriter",
     "code_version",
@@ -219,27 +219,6 @@ class ResultsWriter(Callback):
 
     def _dir(self, trainer: L.Trainer) -> Path:
         return Path(self.dirpath if self.dirpath is not None else trainer.default_root_dir)
-
-
-class LastCheckpoint(ModelCheckpoint):
-    """``<dirpath>/last.ckpt``: the latest weights, refreshed at every validation and at the end.
-
-    Lightning 2.6's ``save_last=True`` only refreshes ``last.ckpt`` when the monitored checkpoint
-    was saved at the same step (i.e. improved), so it can hold stale weights; this callback keeps
-    no score and overwrites one file instead.
-
-    Args:
-        dirpath: Checkpoint folder.
-    """
-
-    def __init__(self, dirpath: str) -> None:
-        super().__init__(dirpath=dirpath, filename="last", save_top_k=1, enable_version_counter=False)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        super().on_train_end(trainer, pl_module)
-        # Steps after the last validation (max_steps not a multiple of the interval) still count.
-        if self._last_global_step_saved != trainer.global_step:
-            trainer.save_checkpoint(str(Path(self.dirpath) / "last.ckpt"))
 
 
 class PredictionWriter(BasePredictionWriter):
