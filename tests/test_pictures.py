@@ -15,7 +15,7 @@ from tests.helpers import SMALL_RUN_ARGS, one_hot_module, only_run_dir, sample_w
 from vpnext.cli import main
 from vpnext.data import seg_collate
 from vpnext.data.base import read_image
-from vpnext.training.pictures import picture_grid, picture_indices
+from vpnext.training.val_pictures import picture_grid, picture_indices
 
 
 def test_confusion_matrix_counts_pixels_by_label_and_prediction(tmp_path: Path) -> None:

@@ -18,18 +18,16 @@ no Lightning) and by the command line's input checks.
 
 from __future__ import annotations
 
-import contextlib
 import io
-import os
 import pickle
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from vpnext.errors import OneLineError
+from vpnext.files import atomic_write
 
 __all__ = [
     "CheckpointWriteError",
@@ -118,7 +116,8 @@ def _last_line(err: BaseException) -> str:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file next to ``path``, fsync, then rename over ``path``.
+    """``torch.save`` to ``path`` through :func:`vpnext.files.atomic_write` (temporary file, fsync,
+    rename): a kill at any moment leaves the previous complete file or the new one.
 
     Raises:
         OSError: The folder is not writable or the disk is full; ``path`` is left as it was.
@@ -127,25 +126,7 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     # failing file write (disk full) as an opaque RuntimeError, Python's write as the OSError it is.
     buffer = io.BytesIO()
     torch.save(obj, buffer)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(buffer.getbuffer())
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable where the OS allows it
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    atomic_write(path, buffer.getbuffer())
 
 
 def check_weights_file(path: str | Path) -> Any:

@@ -24,7 +24,7 @@ __all__ = [
     "check_inputs",
     "fold_root_dir",
     "model_flags",
-    "plain",
+    "tuples_as_lists",
     "read_checkpoint",
     "suggest_flag",
     "wants_progress_bar",
@@ -50,7 +50,7 @@ def model_flags(words: Sequence[str]) -> list[tuple[str, str]]:
     return [(flag, flag[len("--model.") :]) for flag in dict.fromkeys(flags)]
 
 
-def plain(value: Any) -> Any:
+def tuples_as_lists(value: Any) -> Any:
     """Tuples as lists, so that a YAML list and a Python tuple compare equal."""
     return list(value) if isinstance(value, tuple) else value
 

@@ -29,9 +29,9 @@ from vpnext.cli.checks import (
     check_inputs,
     fold_root_dir,
     model_flags,
-    plain,
     read_checkpoint,
     suggest_flag,
+    tuples_as_lists,
     wants_progress_bar,
 )
 from vpnext.data import SegDataModule
@@ -56,9 +56,9 @@ from vpnext.training import (
 )
 from vpnext.training.checkpoints import SafeCheckpointIO
 from vpnext.training.csv_log import ResumedCSVLog, read_csv_rows
-from vpnext.training.pictures import ValidationPictures
 from vpnext.training.preemption import Preempted
 from vpnext.training.progress import progress_bar
+from vpnext.training.val_pictures import ValidationPictures
 
 __all__ = ["VPNeXtCLI", "run"]
 
@@ -208,10 +208,12 @@ class VPNeXtCLI(LightningCLI):
         if is_launching_process():
             configured = self.config[subcommand].model
             for flag, name in model_flags(self.words):
-                if name in architecture and plain(configured.get(name)) != plain(architecture[name]):
+                given = tuples_as_lists(configured.get(name))
+                fixed = tuples_as_lists(architecture.get(name))
+                if name in architecture and given != fixed:
                     print(
-                        f"vpnext: warning: {flag}={plain(configured.get(name))} ignored: the checkpoint "
-                        f"fixes the architecture and has {name}={plain(architecture[name])} ({ckpt})",
+                        f"vpnext: warning: {flag}={given} ignored: the checkpoint fixes the "
+                        f"architecture and has {name}={fixed} ({ckpt})",
                         file=sys.stderr,
                         flush=True,
                     )

@@ -16,17 +16,9 @@ from vpnext.data.catalog import IGNORE_INDEX, DatasetSpec, get_dataset_spec
 from vpnext.data.classes import RGB
 from vpnext.data.datasets import DATASET_CLASSES
 from vpnext.data.errors import DatasetError
+from vpnext.plain import pair
 
-__all__ = ["DataSettings", "pair"]
-
-
-def pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
-    """``(height, width)`` from an int or a pair."""
-    if isinstance(size, int):
-        return (size, size)
-    if len(size) != 2:
-        raise ValueError(f"expected an int or (height, width), got {size!r}")
-    return (int(size[0]), int(size[1]))
+__all__ = ["DataSettings"]
 
 
 class DataSettings:

@@ -19,16 +19,9 @@ from typing import Any
 from torch import Tensor
 
 from vpnext.evaluation.inference import ModelFn, inference, ms_flip_inference
+from vpnext.plain import optional_pair
 
 __all__ = ["apply_protocol", "resolve_eval_protocol"]
-
-
-def _pair(size: int | Sequence[int] | None) -> tuple[int, int] | None:
-    if size is None:
-        return None
-    if isinstance(size, int):
-        return (size, size)
-    return (int(size[0]), int(size[1]))
 
 
 def resolve_eval_protocol(
@@ -63,11 +56,11 @@ def resolve_eval_protocol(
         window = "slide" if data_crop is not None else "whole"
     crop = stride = None
     if window == "slide":
-        crop = _pair(eval_crop) or _pair(data_crop) or _pair(img_size)
+        crop = optional_pair(eval_crop) or optional_pair(data_crop) or optional_pair(img_size)
         if crop is None:
             raise ValueError("eval_window='slide' needs model.eval_crop (no dataset window, no img_size)")
-        stride = _pair(eval_stride) or (
-            _pair(data_stride) if eval_crop is None and data_stride is not None else None
+        stride = optional_pair(eval_stride) or (
+            optional_pair(data_stride) if eval_crop is None and data_stride is not None else None
         )
         stride = stride or (max(crop[0] * 2 // 3, 1), max(crop[1] * 2 // 3, 1))
     return {

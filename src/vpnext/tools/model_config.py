@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from vpnext.models import VPNeXt
+from vpnext.plain import jsonable, pair
 
 __all__ = [
     "SWITCHES",
@@ -97,25 +98,15 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary: switches, classes, image size, dataset, config files, notes."""
         return {
-            **_jsonable(self.switches),
+            **jsonable(self.switches),
             "num_classes": self.model_args["num_classes"],
             "num_classes_source": self.num_classes_source,
             "img_size": list(self.image_size),
-            "pretrained": _jsonable(self.model_args["pretrained"]),
+            "pretrained": jsonable(self.model_args["pretrained"]),
             "dataset": self.data_args.get("dataset"),
             "configs": self.configs,
             "notes": self.notes,
         }
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
 
 
 def _read_sections(path: Path) -> dict[str, Any]:
@@ -153,13 +144,6 @@ def _parser() -> Any:
     parser.add_argument("--model.num_classes", type=int | None, default=None)
     parser.add_class_arguments(SegDataModule, "data")
     return parser
-
-
-def _pair(size: Any) -> tuple[int, int]:
-    if isinstance(size, int):
-        return (size, size)
-    height, width = size
-    return (int(height), int(width))
 
 
 def load_model_config(configs: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> ModelConfig:
@@ -209,8 +193,8 @@ def load_model_config(configs: Sequence[str | Path] = (), overrides: Sequence[st
         model["num_classes"] = spec.num_classes
         source = f"data:{data['dataset']}"
     if model["img_size"] is None:
-        model["img_size"] = _pair(data["crop_size"]) if data.get("crop_size") is not None else spec.crop_size
-    image_size = _pair(model["img_size"])
+        model["img_size"] = pair(data["crop_size"]) if data.get("crop_size") is not None else spec.crop_size
+    image_size = pair(model["img_size"])
 
     notes = []
     weights = model["pretrained"]

@@ -102,7 +102,7 @@ def load_runs(runs_dir: str | Path, metric: str = "mIoU", split: str = "val") ->
         setting = (
             ("dataset", data.get("dataset")),
             ("backbone", record["model"].get("backbone")),
-            ("crop", _plain(data.get("crop_size"))),
+            ("crop", _size_text(data.get("crop_size"))),
             ("steps", record.get("optimizer_steps")),
             ("val", _val_set(data)),
         )
@@ -719,7 +719,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _plain(value: Any) -> Any:
+def _size_text(value: Any) -> Any:
     return "x".join(map(str, value)) if isinstance(value, list) else value
 
 

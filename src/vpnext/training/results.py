@@ -14,19 +14,20 @@ import os
 import platform
 import re
 import subprocess
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback, ModelCheckpoint
 from PIL import Image
 
 import vpnext
+from vpnext.files import atomic_write_json
+from vpnext.inference.pictures import save_palette_png
+from vpnext.plain import jsonable
 from vpnext.schema import COVERAGE_KEYS, RESULTS_FILE, SCHEMA_VERSION
 from vpnext.training.checkpoints import LastCheckpoint
 
@@ -166,13 +167,13 @@ class ResultsWriter(Callback):
             # The val split scored beside held-out groups (data.val_groups), else null.
             "official_val": _other_evaluation(pl_module, "official_val") if split == "val" else None,
             "best_mIoU": None,
-            "model": _jsonable(getattr(pl_module, "model_hparams", {})),
-            "hparams": _jsonable(dict(pl_module.hparams)),
+            "model": jsonable(getattr(pl_module, "model_hparams", {})),
+            "hparams": jsonable(dict(pl_module.hparams)),
             "evaluation": _eval_protocol(pl_module),
             "data": {
                 "dataset": getattr(datamodule, "dataset_name", None),
                 "num_classes": getattr(datamodule, "num_classes", None),
-                "crop_size": _jsonable(getattr(datamodule, "crop_size", None)),
+                "crop_size": jsonable(getattr(datamodule, "crop_size", None)),
                 # Frames per group (video, city) of each set: which were trained on and scored.
                 "groups": _group_summary(datamodule),
             },
@@ -208,9 +209,9 @@ class ResultsWriter(Callback):
                 score = callback.best_model_score
                 record["best_mIoU"] = None if score is None else _finite(float(score))
         path = self._dir(trainer) / RESULTS_FILE
-        _atomic_write_json(path, record)
+        atomic_write_json(path, record)
         if stage in ("validate", "test") and record["confusion_matrix"] is not None:
-            from vpnext.training.pictures import save_confusion_matrix
+            from vpnext.training.val_pictures import save_confusion_matrix
 
             names = list((record["per_class_iou"] or {}).keys())
             picture = self._dir(trainer) / "confusion_matrix.png"
@@ -251,13 +252,11 @@ class PredictionWriter(BasePredictionWriter):
         metas = batch.get("meta") if isinstance(batch, dict) else None
         for i, label_map in enumerate(prediction):
             name = Path(metas[i]["image_path"]).stem if metas else f"{batch_idx:06d}_{i:03d}"
-            image = Image.fromarray(label_map.to(torch.uint8).cpu().numpy(), mode="L")
+            labels = label_map.to(torch.uint8).cpu().numpy()
             if palette:
-                image = image.convert("P")
-                flat = np.zeros(768, dtype=np.uint8)
-                flat[: 3 * len(palette)] = np.asarray(palette, dtype=np.uint8).reshape(-1)
-                image.putpalette(flat.tolist())
-            image.save(folder / f"{name}.png")
+                save_palette_png(labels, palette, folder / f"{name}.png")
+            else:
+                Image.fromarray(labels, mode="L").save(folder / f"{name}.png")
 
 
 def read_results(path: str | Path) -> dict[str, Any]:
@@ -311,7 +310,7 @@ def _other_evaluation(pl_module: L.LightningModule, name: str) -> dict[str, Any]
 
 def _group_summary(datamodule: Any) -> dict[str, Any] | None:
     summary = getattr(datamodule, "group_summary", None)
-    return _jsonable(summary()) if callable(summary) else None
+    return jsonable(summary()) if callable(summary) else None
 
 
 def _eval_protocol(pl_module: L.LightningModule) -> dict[str, Any] | None:
@@ -328,26 +327,3 @@ def _ckpt_path(trainer: L.Trainer, stage: str) -> str | None:
 
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
-
-
-def _jsonable(value: Any) -> Any:
-    """Plain JSON types for hparams (tuples to lists, paths and other objects to strings)."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return _finite(value)
-    return str(value)
-
-
-def _atomic_write_json(path: Path, record: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(record, handle, indent=2)
-        handle.write("\n")
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be read by other tools
-    os.replace(tmp, path)

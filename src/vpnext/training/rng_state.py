@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import Callback
 __all__ = ["RNGStateCheckpoint"]
 
 
-def _plain(value: Any) -> Any:
+def _python_scalar(value: Any) -> Any:
     """A numpy scalar as the Python number it holds (checkpoints store plain containers)."""
     return value.item() if hasattr(value, "item") else value
 
@@ -37,7 +37,7 @@ class RNGStateCheckpoint(Callback):
             "numpy": [
                 np_state[0],
                 torch.from_numpy(np_state[1].astype(np.int64)),
-                *map(_plain, np_state[2:]),
+                *map(_python_scalar, np_state[2:]),
             ],
             "python": random.getstate(),
         }
