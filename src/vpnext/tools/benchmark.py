@@ -33,12 +33,10 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import math
 import os
 import statistics
-import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -49,6 +47,7 @@ from vpnext.models import VPNeXt
 from vpnext.models.layers import pad_to_multiple
 from vpnext.models.macs import count_macs
 from vpnext.tools.model_config import ModelConfig, config_parser, load_model_config, write_json
+from vpnext.tools.timing import memory_method, peak_memory_mb, summarize, sync, time_interleaved
 from vpnext.training.optim import build_optimizer
 from vpnext.training.results import device_name
 
@@ -69,101 +68,6 @@ class BackboneOnly(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         x = pad_to_multiple(images, self.backbone.patch_size)
         return self.backbone(self.backbone.patch_proj(x))[1]
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _summary(seconds: list[float], batch_size: int) -> dict[str, float]:
-    ordered = sorted(seconds)
-    median = statistics.median(ordered)
-    p90 = ordered[max(0, math.ceil(0.9 * len(ordered)) - 1)]
-    return {"median_ms": 1e3 * median, "p90_ms": 1e3 * p90, "images_per_s": batch_size / median}
-
-
-def time_interleaved(
-    fns: dict[str, Callable[[], Any]], repeats: int, warmup: int, device: torch.device
-) -> dict[str, list[float]]:
-    """Wall times (s) of every function: ``warmup`` untimed calls, then interleaved rounds.
-
-    Args:
-        fns: Name -> function to time.
-        repeats: Timed rounds; each runs every function once, the order rotating by one per round.
-        warmup: Untimed calls of each function first.
-        device: Synchronised before and after each call (CUDA).
-
-    Returns:
-        Name -> ``repeats`` wall times in seconds.
-    """
-    names = list(fns)
-    for name in names:
-        for _ in range(warmup):
-            fns[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for round_ in range(repeats):
-        shift = round_ % len(names)
-        for name in names[shift:] + names[:shift]:
-            _sync(device)
-            start = time.perf_counter()
-            fns[name]()
-            _sync(device)
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
-@contextlib.contextmanager
-def _native_stderr_silenced() -> Iterator[None]:
-    """Hide what C++ code writes to file descriptor 2 (the profiler logs every start and stop)."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def memory_method(device: torch.device) -> str:
-    """How :func:`peak_memory_mb` measures on ``device`` (documented in the JSON)."""
-    if device.type == "cuda":
-        return "cuda max_memory_allocated - memory_allocated before"
-    return "peak of tensor memory allocated during the call (torch.profiler, profile_memory)"
-
-
-def peak_memory_mb(fn: Callable[[], Any], device: torch.device) -> float:
-    """Peak tensor memory (MiB) that one call of ``fn`` adds to what was allocated before.
-
-    CUDA: the caching allocator's statistics. CPU has none, so the call runs under
-    ``torch.profiler`` with ``profile_memory``: every allocation and free is an event, and the
-    peak of their running sum is the CPU counterpart of ``max_memory_allocated``. It sees tensor
-    memory only (not the allocator's or Python's overhead), and a buffer allocated and freed within
-    one op counts as that op's net allocation.
-    """
-    if device.type == "cuda":
-        _sync(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        fn()
-        _sync(device)
-        return (torch.cuda.max_memory_allocated(device) - before) / 2**20
-    cpu_only = [torch.profiler.ProfilerActivity.CPU]
-    with _native_stderr_silenced(), torch.profiler.profile(activities=cpu_only, profile_memory=True) as prof:
-        fn()
-    # Ops report what they allocate themselves ("self"); frees outside ops are "[memory]" events.
-    deltas = sorted(
-        (event.time_range.start, event.self_cpu_memory_usage)
-        for event in prof.events()
-        if event.self_cpu_memory_usage
-    )
-    running = peak = 0
-    for _, delta in deltas:
-        running += delta
-        peak = max(peak, running)
-    return peak / 2**20
 
 
 def _autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
@@ -219,7 +123,7 @@ def _measure(
 ) -> dict[str, dict[str, float]]:
     times = time_interleaved(fns, repeats, warmup, device)
     return {
-        name: {**_summary(times[name], batch), "peak_mem_mb": peak_memory_mb(fn, device)}
+        name: {**summarize(times[name], batch), "peak_mem_mb": peak_memory_mb(fn, device)}
         for name, fn in fns.items()
     }
 
@@ -238,7 +142,7 @@ def module_times(
     clock = [0.0]
 
     def settle() -> None:
-        _sync(images.device)
+        sync(images.device)
         now = time.perf_counter()
         key = stack[-1] if stack else "other"
         spent[key] = spent.get(key, 0.0) + now - clock[0]
