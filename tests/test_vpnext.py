@@ -40,7 +40,8 @@ def test_every_meaningful_combination_runs(aux: str, head: str, upsampler: tuple
     assert torch.isfinite(logits).all()
 
     model.train()
-    out = model(images)
+    assert model(images).shape == (2, K, 50, 70)  # model(x) is predict() in either mode
+    out = model.forward_train(images)
     assert isinstance(out, VPNeXtOutput)
     assert out.logits.shape == (2, K, 50, 70)
     if aux in ("deep_supervision", "vcr"):
@@ -97,8 +98,10 @@ def test_eval_never_runs_aux_and_matches_aux_none(aux: str) -> None:
         assert torch.equal(model(images), reference(images))
     assert calls == []
     model.train()
-    model(images)
-    assert calls, "the hook must fire in train mode, else the eval check proves nothing"
+    model.predict(images)
+    assert calls == []  # predict() never runs them, whatever the mode
+    model.forward_train(images)
+    assert calls, "the hook must fire in forward_train, else the checks above prove nothing"
 
 
 @pytest.mark.parametrize("depth", range(1, 6))
@@ -231,7 +234,7 @@ def _aux_gradients(replay_stop_grad: bool) -> dict[str, torch.Tensor | None]:
     model = build(aux="vcr", aux_layers=[3, 7], replay_stop_grad=replay_stop_grad).train()
     with torch.no_grad():  # move off the zero init so offsets actually depend on the features
         model.head.offset_conv.weight.normal_(std=0.05)
-    out = model(torch.randn(2, 3, 48, 48))
+    out = model.forward_train(torch.randn(2, 3, 48, 48))
     sum(a.square().mean() for a in out.aux_logits).backward()
     return {name: p.grad for name, p in model.named_parameters()}
 

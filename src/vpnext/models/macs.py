@@ -121,16 +121,22 @@ def _prefix_matcher(groups: dict[str, str]) -> Callable[[str], str | None]:
 
 
 @torch.no_grad()
-def count_macs(model: nn.Module, *inputs: Any, groups: dict[str, str] | None = None) -> MacReport:
+def count_macs(
+    model: nn.Module,
+    *inputs: Any,
+    groups: dict[str, str] | None = None,
+    call: Callable[..., Any] | None = None,
+) -> MacReport:
     """Count the MACs of ``model(*inputs)`` (one pass, ``torch.no_grad``, current train/eval mode).
 
     Args:
-        model: The model; call ``model.eval()`` first for inference cost (auxiliary branches off).
+        model: The model whose modules the ops are attributed to.
         *inputs: Positional inputs of ``model``.
         groups: Report group name -> module-name prefix (``named_modules`` names, e.g.
             ``{"backbone": "backbone", "head": "head"}``). An op belongs to the innermost module
             being executed that lies under a prefix (longest prefix wins); ops outside all of
             them go to ``"other"``.
+        call: What to run instead of ``model`` itself, e.g. ``model.forward_train``.
 
     Returns:
         The :class:`MacReport`.
@@ -176,7 +182,7 @@ def count_macs(model: nn.Module, *inputs: Any, groups: dict[str, str] | None = N
             handles.append(module.register_forward_pre_hook(enter))
             handles.append(module.register_forward_hook(leave, always_call=True))
         with counter:
-            model(*inputs)
+            (call or model)(*inputs)
         settle()
     finally:
         for handle in handles:
@@ -204,8 +210,9 @@ def measure_macs(
         model: The model.
         image_size: Input ``(height, width)``.
         batch_size: Images per forward pass.
-        train_forward: Count a training-mode forward instead (auxiliary branches run). Not an
-            inference cost: for comparing with counters that ran the model in training mode.
+        train_forward: Count :meth:`~vpnext.models.VPNeXt.forward_train` in training mode instead
+            (auxiliary branches run). Not an inference cost: for comparing with counters that ran
+            the model in training mode.
 
     Returns:
         :meth:`MacReport.to_dict` plus ``decoder_gmacs`` (everything but the
@@ -214,7 +221,8 @@ def measure_macs(
     model.train(train_forward)
     device = next(model.parameters()).device
     images = torch.randn(batch_size, 3, *image_size, device=device)
-    report = count_macs(model, images, groups=GROUPS).to_dict()
+    call = model.forward_train if train_forward else None
+    report = count_macs(model, images, groups=GROUPS, call=call).to_dict()
     groups = report["groups"]
     report["decoder_gmacs"] = report["gmacs"] - groups["backbone"]["gmacs"]
     report["inference_params_m"] = report["params_m"] - groups["aux"]["params_m"]

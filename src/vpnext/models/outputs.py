@@ -1,4 +1,4 @@
-"""The typed structure :class:`~vpnext.models.VPNeXt` returns in ``train()`` mode."""
+"""The typed structure :meth:`vpnext.models.VPNeXt.forward_train` returns."""
 
 from __future__ import annotations
 

@@ -47,17 +47,23 @@ def resolve_aux_layers(aux_layers: int | Sequence[int], depth: int) -> list[int]
 class VPNeXt(nn.Module):
     """VPNeXt semantic segmentation model (and its ablation baselines).
 
-    ``eval()``: ``forward(images)`` returns logits (B, K, H, W) at the input resolution for any
-    H, W (padded right/bottom to a multiple of the patch size inside, cropped back). Auxiliary
-    branches never run. ``train()``: returns a :class:`VPNeXtOutput` with the main logits and
-    whatever ``aux`` needs.
+    Two entry points, each with one return type whatever the module's mode:
+
+    * :meth:`predict` (also ``model(images)``): logits (B, K, H, W) at the input resolution for any
+      H, W (padded right/bottom to a multiple of the patch size inside, cropped back). Auxiliary
+      branches never run: this is the inference model of Table III.
+    * :meth:`forward_train`: a :class:`VPNeXtOutput` with the main logits and whatever ``aux``
+      needs (auxiliary logits, or the naive-align feature pairs); the losses take it.
+
+    ``train()``/``eval()`` switch dropout and stochastic depth only.
 
     Args:
         num_classes: Number of classes K.
         backbone: timm ViT name, e.g. ``vit_large_patch16_384``.
         pretrained: ``False`` (random init), ``True`` (timm hub, needs network) or a local weights
             file (``.safetensors``/``.pth``); position embeddings are resampled to ``img_size``.
-        img_size: Training crop size the position-embedding grid is built for.
+        img_size: Training crop size (an int or ``(height, width)``) the position-embedding grid is
+            built for; the command line links it from the data's training crop.
         drop_path_rate: Stochastic depth of the ViT.
         backbone_kwargs: timm architecture overrides of ``backbone`` (e.g. ``{"patch_size": 8,
             "depth": 6}``); see :func:`vpnext.models.backbone.create_vit`.
@@ -99,7 +105,7 @@ class VPNeXt(nn.Module):
         num_classes: int,
         backbone: str = "vit_tiny_patch16_224",
         pretrained: bool | str | Path = False,
-        img_size: int | None = None,
+        img_size: int | tuple[int, int] | None = None,
         drop_path_rate: float = 0.0,
         backbone_kwargs: dict[str, Any] | None = None,
         decoder: DecoderPreset = "efficient",
@@ -204,8 +210,19 @@ class VPNeXt(nn.Module):
         else:
             self.aux = None
 
-    def forward(self, images: Tensor) -> Tensor | VPNeXtOutput:
-        """Segment ``images`` (B, 3, H, W); see the class docstring for what is returned."""
+    def forward(self, images: Tensor) -> Tensor:
+        """:meth:`predict`: the logits (B, K, H, W) of ``images`` (B, 3, H, W)."""
+        return self.predict(images)
+
+    def predict(self, images: Tensor) -> Tensor:
+        """Logits (B, K, H, W) at the input resolution; auxiliary branches do not run."""
+        return self._run(images, with_aux=False).logits
+
+    def forward_train(self, images: Tensor) -> VPNeXtOutput:
+        """The main logits and the auxiliary outputs ``aux`` trains with (see :class:`VPNeXtOutput`)."""
+        return self._run(images, with_aux=self.aux is not None)
+
+    def _run(self, images: Tensor, with_aux: bool) -> VPNeXtOutput:
         height, width = images.shape[-2:]
         x = pad_to_multiple(images, self.backbone.patch_size)
         if self.pyramid_embed is not None:
@@ -213,17 +230,13 @@ class VPNeXt(nn.Module):
         else:
             patches, pyramid = self.backbone.patch_proj(x), None
 
-        run_aux = self.training and self.aux is not None
         features, x_z = self.backbone(
-            patches, self.aux_layers if run_aux else (), norm_intermediates=self.aux_mode == "naive_align"
+            patches, self.aux_layers if with_aux else (), norm_intermediates=self.aux_mode == "naive_align"
         )
         y, context = self.head(x_z)
         logits = self.head.classify(self.upsampler(y, pyramid), context)
-        logits = crop_to(upsample_to(logits, tuple(x.shape[-2:])), height, width)
-        if not self.training:
-            return logits
-        output = VPNeXtOutput(logits)
-        if run_aux:
+        output = VPNeXtOutput(crop_to(upsample_to(logits, tuple(x.shape[-2:])), height, width))
+        if with_aux:
             aux_logits, output.align_pairs = self.aux(features, x_z, context, tuple(x.shape[-2:]))
             output.aux_logits = [a[..., :height, :width] for a in aux_logits]
         return output
@@ -245,3 +258,7 @@ def _check_choice(name: str, value: str, choices) -> None:
 #: The constructor arguments of :class:`VPNeXt` (the architecture and the ablation switches), read
 #: off its signature: the training module, the checkpoint loader and the tools take them from here.
 MODEL_ARGS = tuple(inspect.signature(VPNeXt).parameters)
+#: Their defaults (every argument but ``num_classes`` has one).
+MODEL_DEFAULTS = {
+    name: p.default for name, p in inspect.signature(VPNeXt).parameters.items() if p.default is not p.empty
+}

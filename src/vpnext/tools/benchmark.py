@@ -99,7 +99,7 @@ def _train_fn(
     optimizer = build_optimizer(
         model, args["lr"], args["weight_decay"], args["layer_decay"], args["decoder_lr_mult"]
     )
-    runner = torch.compile(model) if compile_ else model
+    runner = torch.compile(model.forward_train) if compile_ else model.forward_train
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)

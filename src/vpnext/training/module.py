@@ -42,8 +42,7 @@ from vpnext.losses import (
     SegmentationLoss,
 )
 from vpnext.models import MODEL_ARGS, VPNeXt
-from vpnext.models.presets import DecoderPreset
-from vpnext.models.vpnext import AuxMode, DeformImpl, HeadMode, UpsamplerMode
+from vpnext.models.vpnext import MODEL_DEFAULTS
 from vpnext.schema import CLASSES_KEY
 from vpnext.training.optim import build_optimizer, build_scheduler
 
@@ -58,31 +57,6 @@ class SegmentationModule(L.LightningModule):
 
     Args:
         num_classes: Number of classes K (the CLI links it from the data module).
-        backbone: timm ViT name, e.g. ``vit_large_patch16_384``.
-        pretrained: ``False`` (random init), ``True`` (timm hub, needs network) or a local weights
-            file (``.safetensors``/``.pth``).
-        img_size: Position-embedding grid size; the CLI links it from the data's training crop.
-        drop_path_rate: Stochastic depth of the ViT.
-        backbone_kwargs: timm architecture overrides of ``backbone`` (``patch_size``, ``depth``,
-            ``embed_dim``, ``num_heads``…), e.g. ``{patch_size: 8}`` for a ViT-Tiny/8 on CPU.
-        decoder: Named decoder configuration: ``efficient`` (default) or ``paper`` (Table III's
-            costs); see :mod:`vpnext.models.presets`. The five widths below default to it.
-        decoder_dim: Width D of the 1/16 decoder and of every row's classifier input.
-        pyramid_dim: Width of the 1/4 path (mock pyramid, ViTUp/HiCLR).
-        num_heads: Attention heads of the context head.
-        head_convs: 3x3 convs after the context aggregation (main head and auxiliary branches).
-        fuse_kernel: Kernel (1 or 3) of HiCLR's final fusion.
-        segmenter_dim: Width of the mask transformer; ``None``: the ViT's width (Segmenter's).
-        segmenter_heads: Heads of the mask transformer; ``None``: its width / 64 (Segmenter's).
-        aux: Auxiliary supervision of intermediate layers (training only; Table I):
-            ``none``, ``deep_supervision``, ``naive_align`` (Eq. 1) or ``vcr`` (Visual Context Replay).
-        aux_layers: Number of evenly spaced intermediate layers, or their 0-based block indices.
-        head: ``context`` (VPNeXt's context head) or ``mask_transformer`` (Segmenter baseline).
-        upsampler: ``bilinear``, ``mock_pyramid`` or ``hiclr`` (ViTUp's real pyramid; Table II).
-        hiclr_depth: HiCLR refinement iterations T (Table II: 1-5).
-        replay_stop_grad: VCR replays the final layer's offsets/affinity without gradient.
-        pyramid_embed: Stride-4 embedding of ViTUp: ``folded`` (cheaper) or ``shared``.
-        deform_impl: Deformable-conv kernel (``auto`` picks the fastest measured one).
         loss: Per-pixel loss: ``mask`` (sigmoid focal + dice over present masks + class presence,
             the paper's), ``mask_all`` (focal + dice over all K masks) or ``ce``.
         aux_weight: Weight of the auxiliary logit maps' losses (in total or per layer).
@@ -108,32 +82,17 @@ class SegmentationModule(L.LightningModule):
         eval_crop: Sliding-window size; ``None`` uses the dataset's window, else the training crop.
         eval_stride: Sliding-window stride; ``None`` uses the dataset's, else 2/3 of the window.
         eval_scales: Scale ratios of ``ms_flip``.
+        **model_args: The other arguments of :class:`~vpnext.models.VPNeXt`, with its defaults
+            and its documentation: backbone (``backbone``, ``pretrained``, ``img_size``,
+            ``drop_path_rate``, ``backbone_kwargs``), decoder widths (``decoder``, ``decoder_dim``,
+            ...) and the ablation switches (``aux``, ``aux_layers``, ``head``, ``upsampler``,
+            ``hiclr_depth``, ...). Each is a flat ``--model.*`` option: the command line reads
+            them from ``VPNeXt``'s signature, the one place their defaults are written.
     """
 
     def __init__(
         self,
         num_classes: int,
-        backbone: str = "vit_tiny_patch16_224",
-        pretrained: bool | str = False,
-        img_size: int | tuple[int, int] | None = None,
-        drop_path_rate: float = 0.0,
-        backbone_kwargs: dict[str, Any] | None = None,
-        decoder: DecoderPreset = "efficient",
-        decoder_dim: int | None = None,
-        pyramid_dim: int | None = None,
-        num_heads: int | None = None,
-        head_convs: int | None = None,
-        fuse_kernel: int | None = None,
-        segmenter_dim: int | None = None,
-        segmenter_heads: int | None = None,
-        aux: AuxMode = "vcr",
-        aux_layers: int | list[int] = 2,
-        head: HeadMode = "context",
-        upsampler: UpsamplerMode = "hiclr",
-        hiclr_depth: int = 3,
-        replay_stop_grad: bool = True,
-        pyramid_embed: Literal["folded", "shared"] = "folded",
-        deform_impl: DeformImpl = "auto",
         loss: PixelLoss = "mask",
         aux_weight: float = 0.4,
         aux_weighting: AuxWeighting = "total",
@@ -155,10 +114,19 @@ class SegmentationModule(L.LightningModule):
         eval_crop: int | None = None,
         eval_stride: int | None = None,
         eval_scales: Sequence[float] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75),
+        **model_args: Any,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        self.model = VPNeXt(**self.model_hparams)
+        training_args = {k: v for k, v in locals().items() if k not in ("self", "model_args", "__class__")}
+        unknown = sorted(set(model_args) - set(MODEL_ARGS))
+        if unknown:
+            raise TypeError(f"SegmentationModule got unknown argument(s): {', '.join(unknown)}")
+        model_args = {**MODEL_DEFAULTS, **model_args}
+        # Every VPNeXt argument is a hyperparameter of the run (defaults included), in its order.
+        self.save_hyperparameters(
+            {"num_classes": num_classes, **{k: model_args[k] for k in MODEL_ARGS[1:]}, **training_args}
+        )
+        self.model = VPNeXt(num_classes=num_classes, **model_args)
         self.criterion = SegmentationLoss(
             loss=loss,
             aux_weight=aux_weight,
@@ -248,7 +216,7 @@ class SegmentationModule(L.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         """One training iteration: train-mode forward, every loss term logged separately."""
         images, labels = batch["image"], batch["label"]
-        terms = self.criterion(self.model(images), labels)
+        terms = self.criterion(self.model.forward_train(images), labels)
         batch_size = images.shape[0]
         for name, value in terms.items():
             key = "train/loss" if name == "loss" else f"train/loss_{name}"
