@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
+from vpnext.tools import sweep as runner
 from vpnext.training import SegmentationModule
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -100,3 +108,96 @@ def one_hot_module(num_classes: int = 3) -> SegmentationModule:
     module = SegmentationModule(num_classes=num_classes, eval_window="whole", aux="none", **TINY)
     module.model = OneHotOfChannel0(num_classes)
     return module
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def make_folder(root: Path, ids: tuple[str, ...] = ("a", "b", "c"), split: str = "train") -> Path:
+    """A valid 3-class folder dataset of 40x60 images."""
+    (root / "images" / split).mkdir(parents=True, exist_ok=True)
+    (root / "annotations" / split).mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in ids:
+        Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(
+            root / "images" / split / f"{i}.png"
+        )
+        Image.fromarray(rng.integers(0, 3, (40, 60), dtype=np.uint8)).save(
+            root / "annotations" / split / f"{i}.png"
+        )
+    (root / f"{split}.txt").write_text("\n".join(ids) + "\n")
+    (root / "meta.json").write_text(json.dumps({"classes": ["bg", "x", "y"]}))
+    return root
+
+
+def vpnext_command() -> list[str]:
+    """The installed console script next to this interpreter, else ``python -m vpnext.cli``."""
+    script = Path(sys.executable).with_name("vpnext")
+    if script.is_file():
+        return [str(script)]
+    found = shutil.which("vpnext")
+    return [found] if found else [sys.executable, "-m", "vpnext.cli"]
+
+
+SETTING = {"dataset": "synthetic", "num_classes": 4, "crop_size": [64, 64]}
+
+
+def report_model(**switches) -> dict:
+    base = dict(
+        backbone="vit_tiny_patch16_224",
+        aux="vcr",
+        aux_layers=2,
+        head="context",
+        upsampler="bilinear",
+        hiclr_depth=0,
+        replay_stop_grad=True,
+    )
+    return {**base, **switches}
+
+
+def write_run(
+    root: Path, name: str, miou: float | None, finished: str = "2025-01-01T00:00:00+00:00", steps=30, **sw
+):
+    # Directory names deliberately say nothing true: rows must come from the switches.
+    folder = root / name
+    folder.mkdir(parents=True)
+    record = {
+        "schema_version": 1,
+        "stage": "fit",
+        "split": "val",
+        "mIoU": miou,
+        "best_mIoU": None if miou is None else miou + 0.01,
+        "model": report_model(**sw),
+        "data": SETTING,
+        "optimizer_steps": steps,
+        "finished_at": finished,
+    }
+    (folder / "results.json").write_text(json.dumps(record))
+    return folder
+
+
+VITUP = str(REPO_ROOT / "sweeps/vitup.yaml")
+
+
+def use_fake(monkeypatch: pytest.MonkeyPatch, fake: FakeVpnext) -> None:
+    """Replace the runner's process launcher by ``fake`` (exit code of the ``vpnext fit`` it stands for)."""
+    monkeypatch.setattr(runner, "_execute", lambda argv, env, log=None: fake(argv, env).returncode)
+
+
+class FakeVpnext:
+    """Stands in for the ``vpnext fit`` subprocess: records calls, writes results.json on success."""
+
+    def __init__(self, fail_on: str | None = None) -> None:
+        self.calls: list[tuple[list[str], str | None]] = []
+        self.fail_on = fail_on
+
+    def __call__(self, argv, env, **kwargs):
+        self.calls.append((argv, env.get("CUDA_VISIBLE_DEVICES")))
+        run_dir = Path(next(a for a in argv if a.startswith("--run.dir=")).split("=", 1)[1])
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text("partial")
+        if self.fail_on and self.fail_on in " ".join(argv):
+            return subprocess.CompletedProcess(argv, 1)
+        (run_dir / "results.json").write_text(json.dumps({"mIoU": 0.5}))
+        return subprocess.CompletedProcess(argv, 0)

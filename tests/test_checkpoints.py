@@ -10,9 +10,8 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from test_cli import SMALL_RUN_ARGS
 
-from tests.helpers import TINY
+from tests.helpers import SMALL_RUN_ARGS, TINY
 from vpnext.checkpoint_io import (
     CorruptCheckpointError,
     UnsafeCheckpointError,

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from tests.helpers import SMALL_RUN_ARGS, only_run_dir
+from tests.helpers import SMALL_RUN_ARGS, only_run_dir, read_json
 from vpnext import cli
 from vpnext.cli import RunOptions, UserError, main, resolve_run_dir
 from vpnext.data.synthetic import SYNTHETIC_CLASSES
@@ -19,10 +19,6 @@ from vpnext.data.synthetic import SYNTHETIC_CLASSES
 
 #: A fit that takes seconds: 8 train / 4 val synthetic 64x64 images, tiny decoder, 2 steps of
 #: batch 4 (one per epoch), validation after each epoch, so the last one sees the final weights.
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text())
-
-
 @pytest.fixture(scope="module")
 def fit_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("runs")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -10,25 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.helpers import make_folder
 from vpnext.data import CamVidDataset, DatasetError, FolderDataset, SegDataModule, seg_collate
 from vpnext.data.transforms import build_eval_transform
-
-
-def make_folder(root: Path, ids: tuple[str, ...] = ("a", "b", "c"), split: str = "train") -> Path:
-    """A valid 3-class folder dataset of 40x60 images."""
-    (root / "images" / split).mkdir(parents=True, exist_ok=True)
-    (root / "annotations" / split).mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for i in ids:
-        Image.fromarray(rng.integers(0, 256, (40, 60, 3), dtype=np.uint8)).save(
-            root / "images" / split / f"{i}.png"
-        )
-        Image.fromarray(rng.integers(0, 3, (40, 60), dtype=np.uint8)).save(
-            root / "annotations" / split / f"{i}.png"
-        )
-    (root / f"{split}.txt").write_text("\n".join(ids) + "\n")
-    (root / "meta.json").write_text(json.dumps({"classes": ["bg", "x", "y"]}))
-    return root
 
 
 def raises_naming(path: Path | str, match: str, fn, *args, **kwargs) -> DatasetError:

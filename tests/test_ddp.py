@@ -10,17 +10,15 @@ say that all 7 images were scored, each once.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
-from test_cli import SMALL_RUN_ARGS, only_run_dir, read_json
 
+from tests.helpers import SMALL_RUN_ARGS, only_run_dir, read_json, vpnext_command
 from vpnext.cli import main
 from vpnext.tools import report
 
@@ -52,15 +50,6 @@ FULL_SPLIT = {
     "partial": False,
     "images_repeated": 0,
 }
-
-
-def vpnext_command() -> list[str]:
-    """The installed console script next to this interpreter, else ``python -m vpnext.cli``."""
-    script = Path(sys.executable).with_name("vpnext")
-    if script.is_file():
-        return [str(script)]
-    found = shutil.which("vpnext")
-    return [found] if found else [sys.executable, "-m", "vpnext.cli"]
 
 
 def run_ddp(args: list[str], devices: int) -> None:

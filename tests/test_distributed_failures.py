@@ -9,9 +9,8 @@ from pathlib import Path
 
 import lightning as L
 import pytest
-from test_cli import SMALL_RUN_ARGS
-from test_data_errors import make_folder
-from test_ddp import vpnext_command
+
+from tests.helpers import SMALL_RUN_ARGS, make_folder, vpnext_command
 
 TESTS = Path(__file__).resolve().parent
 DDP = ["--trainer.devices=2", "--trainer.strategy=ddp", "--trainer.accelerator=cpu"]
@@ -39,7 +38,7 @@ def _run(args: list[str], tmp_path: Path) -> tuple[subprocess.CompletedProcess, 
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
-        "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent), os.environ.get("PYTHONPATH", "")]),
     }
     start = time.monotonic()
     proc = subprocess.run(

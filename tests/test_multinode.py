@@ -19,9 +19,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_ddp import vpnext_command
 
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, vpnext_command
 
 MARKER = "<!-- multi-node commands: tests/test_multinode.py runs exactly these lines -->"
 

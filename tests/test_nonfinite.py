@@ -7,8 +7,8 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from test_cli import SMALL_RUN_ARGS
 
+from tests.helpers import SMALL_RUN_ARGS
 from vpnext.checkpoint_io import NonFiniteWeightsError
 from vpnext.cli import main
 from vpnext.run_dir import ANNOUNCEMENT

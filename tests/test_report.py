@@ -7,44 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import section, table_rows
+from tests.helpers import SETTING, report_model, section, table_rows, write_run
 from vpnext.tools import report
-
-SETTING = {"dataset": "synthetic", "num_classes": 4, "crop_size": [64, 64]}
-
-
-def model(**switches) -> dict:
-    base = dict(
-        backbone="vit_tiny_patch16_224",
-        aux="vcr",
-        aux_layers=2,
-        head="context",
-        upsampler="bilinear",
-        hiclr_depth=0,
-        replay_stop_grad=True,
-    )
-    return {**base, **switches}
-
-
-def write_run(
-    root: Path, name: str, miou: float | None, finished: str = "2025-01-01T00:00:00+00:00", steps=30, **sw
-):
-    # Directory names deliberately say nothing true: rows must come from the switches.
-    folder = root / name
-    folder.mkdir(parents=True)
-    record = {
-        "schema_version": 1,
-        "stage": "fit",
-        "split": "val",
-        "mIoU": miou,
-        "best_mIoU": None if miou is None else miou + 0.01,
-        "model": model(**sw),
-        "data": SETTING,
-        "optimizer_steps": steps,
-        "finished_at": finished,
-    }
-    (folder / "results.json").write_text(json.dumps(record))
-    return folder
 
 
 @pytest.fixture
@@ -130,11 +94,11 @@ def test_table3_from_flops_json(runs: Path) -> None:
     flops = runs / "flops"
     flops.mkdir()
     entries = {
-        "ds": (model(aux="deep_supervision"), 345e9),
-        "mask": (model(aux="none", head="mask_transformer"), 343e9),
-        "mask_pyr": (model(aux="none", head="mask_transformer", upsampler="mock_pyramid"), 547e9),
-        "vcr": (model(), 345e9),
-        "vpnext": (model(upsampler="hiclr", hiclr_depth=3), 1054e9),
+        "ds": (report_model(aux="deep_supervision"), 345e9),
+        "mask": (report_model(aux="none", head="mask_transformer"), 343e9),
+        "mask_pyr": (report_model(aux="none", head="mask_transformer", upsampler="mock_pyramid"), 547e9),
+        "vcr": (report_model(), 345e9),
+        "vpnext": (report_model(upsampler="hiclr", hiclr_depth=3), 1054e9),
     }
     for decoder, scale in [("paper", 1.0), ("efficient", 0.5)]:
         for name, (switches, macs) in entries.items():

@@ -19,9 +19,8 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from test_cli import read_json
-from test_ddp import vpnext_command
 
+from tests.helpers import read_json, vpnext_command
 from vpnext import cli
 from vpnext.cli import main
 from vpnext.schema import PREEMPTED_EXIT_CODE

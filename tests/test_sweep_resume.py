@@ -11,11 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from test_cli import SMALL_RUN_ARGS
-from test_ddp import vpnext_command
-from test_report import write_run
-from test_sweeps import VITUP, FakeVpnext, use_fake
 
+from tests.helpers import SMALL_RUN_ARGS, VITUP, FakeVpnext, use_fake, vpnext_command, write_run
 from vpnext.tools import report
 from vpnext.tools import sweep as runner
 

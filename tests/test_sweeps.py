@@ -5,19 +5,17 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
 from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, VITUP, FakeVpnext, use_fake
 from vpnext.tools import sweep as runner
 
 SWEEPS = sorted((REPO_ROOT / "sweeps").glob("*.yaml"))
 SWEEP_IDS = [p.stem for p in SWEEPS]
-VITUP = str(REPO_ROOT / "sweeps/vitup.yaml")
 VCR_LAYERS = str(REPO_ROOT / "sweeps/vcr_layers.yaml")
 
 
@@ -171,29 +169,6 @@ def test_run_dirs_are_deterministic_distinct_and_depend_on_overrides(tmp_path: P
     assert len(set(first)) == 5
     assert first[1].name.startswith("aux=none,aux_layers=2,head=mask_transformer-")
     assert not set(first) & set(other)
-
-
-def use_fake(monkeypatch: pytest.MonkeyPatch, fake: FakeVpnext) -> None:
-    """Replace the runner's process launcher by ``fake`` (exit code of the ``vpnext fit`` it stands for)."""
-    monkeypatch.setattr(runner, "_execute", lambda argv, env, log=None: fake(argv, env).returncode)
-
-
-class FakeVpnext:
-    """Stands in for the ``vpnext fit`` subprocess: records calls, writes results.json on success."""
-
-    def __init__(self, fail_on: str | None = None) -> None:
-        self.calls: list[tuple[list[str], str | None]] = []
-        self.fail_on = fail_on
-
-    def __call__(self, argv, env, **kwargs):
-        self.calls.append((argv, env.get("CUDA_VISIBLE_DEVICES")))
-        run_dir = Path(next(a for a in argv if a.startswith("--run.dir=")).split("=", 1)[1])
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text("partial")
-        if self.fail_on and self.fail_on in " ".join(argv):
-            return subprocess.CompletedProcess(argv, 1)
-        (run_dir / "results.json").write_text(json.dumps({"mIoU": 0.5}))
-        return subprocess.CompletedProcess(argv, 0)
 
 
 def test_finished_runs_are_skipped_and_the_rest_run_once(
