@@ -338,6 +338,7 @@ def test_camvid_shared_copy() -> None:
     np.testing.assert_array_equal(sample["label"].numpy(), expect_camvid(raw))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_vpnext_validate_runs_on_the_fixture_tree(name: str, tmp_path: Path) -> None:
     from vpnext.cli import main

@@ -243,6 +243,7 @@ TINY_CAMVID_FIT = [
 ]
 
 
+@pytest.mark.slow
 def test_fit_scores_both_sets_and_records_the_groups(
     camvid_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

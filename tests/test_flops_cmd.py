@@ -186,6 +186,7 @@ def table3_results() -> dict:
     return table3([Path("experiments/vitup.yaml")], TABLE3_ARGS, (480, 480))
 
 
+@pytest.mark.slow
 def test_paper_configuration_reproduces_table3_within_5_percent(table3_results: dict) -> None:
     """The ``paper`` decoder lands within 5% of every Table III figure, the mask-decoder row
     included (Segmenter at its published ViT-L width, d 1024 / 16 heads, as the sweep trains it)."""
@@ -209,6 +210,7 @@ def test_efficient_configuration_keeps_its_cost_target(table3_results: dict) -> 
     assert table3_results["efficient"]["mask_decoder"]["macs"] == paper_segmenter["macs"]
 
 
+@pytest.mark.slow
 def test_flops_table3_command_prints_both_decoders_beside_the_paper(tmp_path: Path, capsys) -> None:
     args = ["flops", "--table3", "--config", "experiments/vitup.yaml", "--image-size", "480", "480"]
     assert cli_main([*args, *TABLE3_ARGS, "--json-dir", str(tmp_path)]) == 0

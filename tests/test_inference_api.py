@@ -171,6 +171,7 @@ def test_to_rgb_refuses_what_it_cannot_read() -> None:
         to_rgb([[0, 1]])  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 def test_labelling_an_image_loads_no_lightning(trained: dict[str, Path], segmenter: Segmenter) -> None:
     image = next(trained["val_images"].iterdir())
     script = (
