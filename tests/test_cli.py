@@ -170,7 +170,7 @@ def test_print_config_and_help_show_ablation_switches(capsys: pytest.CaptureFixt
     for switch in (
         "--model.aux {none,deep_supervision,naive_align,vcr}",
         "--model.head {context,mask_transformer}",
-        "--model.upsampler {bilinear,mock_pyramid,hiclr}",
+        "--model.upsampler {bilinear,mock_pyramid,mock_hiclr,hiclr}",
         "--model.eval_mode {ss,ms_flip}",
         "--model.aux_layers AUX_LAYERS",
         "--model.hiclr_depth HICLR_DEPTH",

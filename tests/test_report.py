@@ -18,7 +18,7 @@ def runs(tmp_path: Path) -> Path:
     write_run(root, "b", 0.4222, aux="none", head="mask_transformer")
     write_run(root, "c", 0.4333, aux_layers=1)
     write_run(root, "d", 0.4444)  # VCR 2 layers, bilinear: Table I and Table II
-    write_run(root, "e", 0.4555, upsampler="mock_pyramid")
+    write_run(root, "e", 0.4555, upsampler="mock_hiclr", hiclr_depth=2)
     write_run(root, "nested/f", 0.4666, upsampler="hiclr", hiclr_depth=3)
     write_run(root, "g", 0.4777, upsampler="hiclr", hiclr_depth=1, aux_layers=[3, 7])  # 2 explicit layers
     write_run(root, "h", 0.3, upsampler="hiclr", hiclr_depth=2, replay_stop_grad=False)  # extras only
@@ -69,7 +69,15 @@ def test_extra_runs_are_listed_but_not_in_paper_tables(runs: Path) -> None:
 
 
 def test_latest_run_wins_a_contested_row_and_mixed_settings_are_flagged(runs: Path) -> None:
-    write_run(runs, "z-smoke", 0.1, finished="2024-01-01T00:00:00+00:00", steps=5, upsampler="mock_pyramid")
+    write_run(
+        runs,
+        "z-smoke",
+        0.1,
+        finished="2024-01-01T00:00:00+00:00",
+        steps=5,
+        upsampler="mock_hiclr",
+        hiclr_depth=2,
+    )
     write_run(runs, "z-late", 0.9, finished="2026-01-01T00:00:00+00:00", steps=5, aux_layers=3)
     markdown, _ = report.render_report(runs)
     assert "| Mock pyramid | 2 | 45.55 | – | – | 69.01 |" in table_rows(
@@ -355,3 +363,13 @@ def test_held_out_group_runs_show_both_validation_sets_side_by_side(tmp_path: Pa
     assert table_rows(markdown, "Table I")[0].startswith("| Deep supervision | 2 | 31.00 ± 1.41 (n=2) |")
     assert "runs differ in val: groups 0006R0, split" not in markdown  # the old run is not shown
     assert "1 run(s) of another configuration not shown" in markdown
+
+
+def test_the_fpn_mock_pyramid_gets_its_own_row_not_the_papers(runs: Path) -> None:
+    write_run(runs, "fpn", 0.4321, upsampler="mock_pyramid")
+    rows = table_rows(report.render_report(runs)[0], "Table II")
+    assert rows[:3] == [
+        "| Bilinear | 0 | 44.44 | – | – | 68.83 |",
+        "| Mock pyramid (FPN, no HiCLR) | 0 | 43.21 | – | – | – |",
+        "| Mock pyramid | 2 | 45.55 | – | – | 69.01 |",
+    ]

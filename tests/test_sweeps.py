@@ -60,7 +60,7 @@ def _leaves(node: object) -> list:
 def test_vitup_grid_is_table2() -> None:
     points = runner.grid_points(runner.load_sweep(VITUP))
     rows = [(expected_switches(p)["upsampler"], expected_switches(p)["hiclr_depth"]) for p in points]
-    assert rows == [("bilinear", 0), ("mock_pyramid", 0)] + [("hiclr", d) for d in range(1, 6)]
+    assert rows == [("bilinear", 0), ("mock_hiclr", 2)] + [("hiclr", d) for d in range(1, 6)]
     assert all(
         expected_switches(p)["aux"] == "vcr" and expected_switches(p)["aux_layers"] == 2 for p in points
     )
@@ -196,7 +196,7 @@ def test_finished_runs_are_skipped_and_the_rest_run_once(
 def test_a_failed_run_makes_the_sweep_fail_and_its_files_are_kept_aside(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    use_fake(monkeypatch, FakeVpnext(fail_on="'mock_pyramid'"))
+    use_fake(monkeypatch, FakeVpnext(fail_on="'mock_hiclr'"))
     assert runner.main([VITUP, "--runs-dir", str(tmp_path)]) == 1
     out = capsys.readouterr().out
     assert "6 done, 0 skipped, 1 failed" in out

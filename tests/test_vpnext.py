@@ -14,7 +14,7 @@ from vpnext.models.vitup import HiCLRStep
 
 AUX = ["none", "deep_supervision", "naive_align", "vcr"]
 HEADS = ["context", "mask_transformer"]
-UPSAMPLERS = [("bilinear", 0), ("mock_pyramid", 0)] + [("hiclr", d) for d in range(6)]
+UPSAMPLERS = [("bilinear", 0), ("mock_pyramid", 0), ("mock_hiclr", 2)] + [("hiclr", d) for d in range(6)]
 K = 5
 
 
@@ -57,7 +57,7 @@ def test_every_meaningful_combination_runs(aux: str, head: str, upsampler: tuple
         assert out.align_pairs == []
 
 
-@pytest.mark.parametrize("upsampler", ["bilinear", "mock_pyramid", "hiclr"])
+@pytest.mark.parametrize("upsampler", ["bilinear", "mock_pyramid", "mock_hiclr", "hiclr"])
 def test_vcr_with_mask_transformer_is_refused(upsampler: str) -> None:
     with pytest.raises(ValueError, match="VCR replays the context head"):
         build(aux="vcr", head="mask_transformer", upsampler=upsampler)
@@ -260,3 +260,35 @@ def test_replay_stop_grad_switch(replay_stop_grad: bool) -> None:
     replayed = ["head.offset_conv.weight", "head.query_key.weight"]
     for name in replayed:
         assert _nonzero(grads[name]) is (not replay_stop_grad), name
+
+
+def test_mock_hiclr_is_the_real_row_with_a_mock_quarter_feature() -> None:
+    """Table II's mock row differs from "Our real pyramid, 2" only in where the 1/4 feature comes from."""
+    real = build(upsampler="hiclr", hiclr_depth=2, aux="none").eval()
+    mock = build(upsampler="mock_hiclr", hiclr_depth=2, aux="none").eval()
+    assert mock.pyramid_embed is None and real.pyramid_embed is not None
+
+    def shapes(model: VPNeXt, source: str) -> dict[str, torch.Size]:
+        state = model.state_dict().items()
+        return {
+            k.replace("upsampler.hiclr.", "upsampler."): v.shape for k, v in state if not k.startswith(source)
+        }
+
+    assert shapes(mock, "upsampler.mock.") == shapes(real, "pyramid_embed.")
+
+    # With the real row's weights, the mock row is HiCLR refining the mock feature of the 1/16 map.
+    weights = {k.replace("upsampler.", "upsampler.hiclr.", 1): v for k, v in real.state_dict().items()}
+    missing, _ = mock.load_state_dict(weights, strict=False)
+    assert missing and all(k.startswith("upsampler.mock.") for k in missing)
+    y = torch.randn(2, mock.widths.decoder_dim, 4, 5)
+    quarter = mock.upsampler.mock(y)
+    assert quarter.shape == (2, mock.widths.pyramid_dim, 16, 20)
+    with torch.no_grad():
+        torch.testing.assert_close(mock.upsampler(y), real.upsampler(y, quarter), atol=0, rtol=0)
+        assert mock.predict(torch.randn(1, 3, 64, 80)).shape == (1, K, 64, 80)
+
+
+@pytest.mark.parametrize("depth", [0, 6])
+def test_mock_hiclr_needs_one_to_five_iterations(depth: int) -> None:
+    with pytest.raises(ValueError, match="mock_hiclr"):
+        build(upsampler="mock_hiclr", hiclr_depth=depth)

@@ -18,14 +18,14 @@ from vpnext.models.layers import crop_to, pad_to_multiple, upsample_to
 from vpnext.models.mask_transformer import MaskTransformerHead
 from vpnext.models.outputs import VPNeXtOutput
 from vpnext.models.presets import DecoderPreset, decoder_widths, segmenter_width
-from vpnext.models.upsamplers import BilinearUpsampler, MockPyramid
+from vpnext.models.upsamplers import BilinearUpsampler, MockHiCLR, MockPyramid
 from vpnext.models.vcr import DeepSupervision, NaiveAlign, VisualContextReplay
 from vpnext.models.vitup import HiCLR, HiddenPyramidEmbedding
 from vpnext.ops.deform_conv import DeformImpl
 
 AuxMode = Literal["none", "deep_supervision", "naive_align", "vcr"]
 HeadMode = Literal["context", "mask_transformer"]
-UpsamplerMode = Literal["bilinear", "mock_pyramid", "hiclr"]
+UpsamplerMode = Literal["bilinear", "mock_pyramid", "mock_hiclr", "hiclr"]
 
 
 def resolve_aux_layers(aux_layers: int | Sequence[int], depth: int) -> list[int]:
@@ -86,8 +86,11 @@ class VPNeXt(nn.Module):
         aux_layers: How many intermediate layers (evenly spaced), or their 0-based block indices.
         head: ``context`` (deformable local + affinity global context) or ``mask_transformer``
             (Segmenter, the "mask decoder w/o pyramid" baseline).
-        upsampler: ``bilinear``, ``mock_pyramid`` or ``hiclr`` (ViTUp's real pyramid).
-        hiclr_depth: HiCLR refinement iterations T (Table II: 1–5); 0 is the bilinear path.
+        upsampler: ``bilinear``, ``hiclr`` (ViTUp's real pyramid), ``mock_hiclr`` (HiCLR on a mock
+            1/4 feature made from the 1/16 map: Table II's "Mock pyramid" row) or ``mock_pyramid``
+            (a ViTDet-style deconvolution + FPN pyramid without HiCLR; Table III's mask-decoder row).
+        hiclr_depth: HiCLR refinement iterations T (Table II: 1–5); 0 is the bilinear path
+            (``hiclr``); ``mock_hiclr`` needs 1–5.
         replay_stop_grad: VCR replays the final layer's offsets/affinity as a fixed prior
             (stop-gradient). ``False`` lets the auxiliary loss update them too.
         pyramid_embed: How ViTUp computes the stride-4 embedding: ``folded`` (projection folded
@@ -136,6 +139,8 @@ class VPNeXt(nn.Module):
             )
         if not 0 <= hiclr_depth <= 5 and upsampler == "hiclr":
             raise ValueError(f"hiclr_depth={hiclr_depth}: must be between 0 and 5")
+        if not 1 <= hiclr_depth <= 5 and upsampler == "mock_hiclr":
+            raise ValueError(f"hiclr_depth={hiclr_depth}: upsampler='mock_hiclr' needs 1 to 5 iterations")
         self.num_classes = num_classes
         self.aux_mode = aux
         self.backbone = ViTBackbone(backbone, pretrained, img_size, drop_path_rate, backbone_kwargs)
@@ -167,11 +172,12 @@ class VPNeXt(nn.Module):
             )
         else:
             self.pyramid_embed = None
-            self.upsampler = (
-                MockPyramid(head_dim, w.pyramid_dim)
-                if upsampler == "mock_pyramid"
-                else BilinearUpsampler(head_dim)
-            )
+            if upsampler == "mock_hiclr":
+                self.upsampler = MockHiCLR(head_dim, w.pyramid_dim, hiclr_depth, deform_impl, w.fuse_kernel)
+            elif upsampler == "mock_pyramid":
+                self.upsampler = MockPyramid(head_dim, w.pyramid_dim)
+            else:
+                self.upsampler = BilinearUpsampler(head_dim)
 
         if head == "context":
             self.head: nn.Module = ContextHead(

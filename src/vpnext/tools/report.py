@@ -201,7 +201,7 @@ def _miou_section(title: str, second: str, filled: dict[RowKey, RowRuns], notes:
                 _score(runs),
                 *([_official_score(runs)] if both else []),
                 *_cost_cells(runs),
-                PAPER_MIOU[key[1:]],
+                PAPER_MIOU.get(key[1:], MISSING),
             )
             for key, runs in filled.items()
         ],
