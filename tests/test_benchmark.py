@@ -26,6 +26,7 @@ def tiny_config(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_benchmark_command_writes_every_figure(tiny_config: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     args = ["--config", str(tiny_config), "--image-size", "32", "48", "--repeats", "2", "--warmup", "1"]
@@ -107,6 +108,7 @@ def test_per_module_report_covers_the_decoder_and_sums_to_the_total() -> None:
     assert rows["upsampler.steps"]["gmacs"] > 0
 
 
+@pytest.mark.slow
 def test_bf16_flag_runs_on_cpu(tiny_config: Path) -> None:
     args = ["--config", str(tiny_config), "--image-size", "32", "32", "--repeats", "1", "--warmup", "0"]
     assert benchmark.main([*args, "--bf16", "--model.num_classes=4"]) == 0
