@@ -1,4 +1,7 @@
-"""Helpers shared by the test modules (test modules import from here, never from each other)."""
+"""Helpers shared by the test modules (test modules import from here, never from each other).
+
+Imported by conftest.py for every test, so it imports Lightning and the tools only inside the helpers
+that need them."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -15,8 +19,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from vpnext.tools import sweep as runner
-from vpnext.training import SegmentationModule
+if TYPE_CHECKING:
+    from vpnext.training import SegmentationModule
+
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
@@ -66,6 +71,8 @@ SMALL_MODEL = dict(
 def write_small_checkpoint(path: Path, **overrides: object) -> Path:
     """A checkpoint whose deformable convs sample at non-zero offsets (theirs start at zero)."""
     torch.manual_seed(0)
+    from vpnext.training import SegmentationModule  # Lightning: only for the tests that use it
+
     module = SegmentationModule(**{**SMALL_MODEL, **overrides})
     for conv in module.model.modules():
         if isinstance(conv, nn.Conv2d) and conv.out_channels % 18 == 0 and conv.weight.abs().sum() == 0:
@@ -105,6 +112,8 @@ def sample_with_ids(image_ids: torch.Tensor, label: torch.Tensor) -> dict:
 
 
 def one_hot_module(num_classes: int = 3) -> SegmentationModule:
+    from vpnext.training import SegmentationModule
+
     module = SegmentationModule(num_classes=num_classes, eval_window="whole", aux="none", **TINY)
     module.model = OneHotOfChannel0(num_classes)
     return module
@@ -182,6 +191,8 @@ VITUP = str(REPO_ROOT / "sweeps/vitup.yaml")
 
 def use_fake(monkeypatch: pytest.MonkeyPatch, fake: FakeVpnext) -> None:
     """Replace the runner's process launcher by ``fake`` (exit code of the ``vpnext fit`` it stands for)."""
+    from vpnext.tools import sweep as runner
+
     monkeypatch.setattr(runner, "_execute", lambda argv, env, log=None: fake(argv, env).returncode)
 
 
