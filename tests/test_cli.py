@@ -39,6 +39,8 @@ def test_fit_writes_checkpoints_results_and_logs(fit_run: Path) -> None:
     assert 0.0 <= results["mIoU"] <= 1.0
     assert list(results["per_class_iou"]) == list(SYNTHETIC_CLASSES)
     assert results["model"]["aux"] == "vcr" and results["model"]["hiclr_depth"] == 3
+    # aux_layers=2 on the 12-block ViT-Tiny resolves to blocks 4 and 8, recorded as indices.
+    assert results["model"]["aux_layers"] == 2 and results["aux_block_indices"] == [4, 8]
     assert results["model"]["num_classes"] == len(SYNTHETIC_CLASSES)
     assert results["optimizer_steps"] == 2 and results["images_seen"] == 8
     assert results["seed"] == 0  # seed_everything's default: report groups runs by everything else

@@ -78,9 +78,14 @@ def test_bad_arguments_are_refused(kwargs: dict, message: str) -> None:
 
 
 def test_aux_layers_resolution() -> None:
-    assert resolve_aux_layers(2, 24) == [8, 16]
+    assert resolve_aux_layers(2, 12) == [4, 8]
     assert resolve_aux_layers(1, 12) == [6]
-    assert resolve_aux_layers(3, 24) == [6, 12, 18]
+    assert resolve_aux_layers(3, 36) == [9, 18, 27]
+    # 24 blocks (ViT-L): SETR's deep-supervised blocks, always including Fig. 4's 15th layer.
+    assert resolve_aux_layers(1, 24) == [14]
+    assert resolve_aux_layers(2, 24) == [9, 14]
+    assert resolve_aux_layers(3, 24) == [9, 14, 19]
+    assert resolve_aux_layers(4, 24) == [4, 9, 14, 19]
     assert resolve_aux_layers([9, 2], 12) == [2, 9]
 
 

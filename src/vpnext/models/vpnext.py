@@ -28,15 +28,26 @@ HeadMode = Literal["context", "mask_transformer"]
 UpsamplerMode = Literal["bilinear", "mock_pyramid", "mock_hiclr", "hiclr"]
 
 
+# The paper's Fig. 4 analyses VCR on the 15th layer of ViT-L (block 14, 0-based) but does not list the
+# replayed layers. For 24-block backbones a count picks from the blocks mmsegmentation's SETR
+# deep-supervises on ViT-L (9, 14, 19; its ``out_indices`` without the last), so that the Fig. 4 layer
+# is always replayed: one layer is block 14, two are 9 and 14, three are 9, 14 and 19.
+VIT_L_AUX_LAYERS = {1: [14], 2: [9, 14], 3: [9, 14, 19]}
+
+
 def resolve_aux_layers(aux_layers: int | Sequence[int], depth: int) -> list[int]:
     """Block indices (0-based) of the supervised intermediate layers.
 
-    A count ``n`` spaces the layers evenly: ``depth·j // (n + 1)`` for j = 1..n (blocks 8 and 16
-    of a 24-block ViT-L for n = 2). The last block is ``x_z`` itself and cannot be auxiliary.
+    A count ``n`` spaces the layers evenly, ``depth·j // (n + 1)`` for j = 1..n (blocks 4 and 8 of a
+    12-block ViT for n = 2), except on 24-block backbones, where 1–3 layers follow
+    ``VIT_L_AUX_LAYERS`` (they include block 14, the layer of the paper's Fig. 4). Explicit indices
+    are taken as given. The last block is ``x_z`` itself and cannot be auxiliary.
     """
     if isinstance(aux_layers, int):
         if not 1 <= aux_layers < depth:
             raise ValueError(f"aux_layers={aux_layers}: need a count between 1 and {depth - 1}")
+        if depth == 24 and aux_layers in VIT_L_AUX_LAYERS:
+            return list(VIT_L_AUX_LAYERS[aux_layers])
         return [depth * j // (aux_layers + 1) for j in range(1, aux_layers + 1)]
     indices = list(aux_layers)
     if not indices or len(set(indices)) != len(indices) or not all(0 <= i < depth - 1 for i in indices):

@@ -168,6 +168,8 @@ class ResultsWriter(Callback):
             "official_val": _other_evaluation(pl_module, "official_val") if split == "val" else None,
             "best_mIoU": None,
             "model": jsonable(getattr(pl_module, "model_hparams", {})),
+            # The 0-based blocks the auxiliary branches supervise (``aux_layers`` may be a count).
+            "aux_block_indices": list(getattr(getattr(pl_module, "model", None), "aux_layers", [])),
             "hparams": jsonable(dict(pl_module.hparams)),
             "evaluation": _eval_protocol(pl_module),
             "data": {
