@@ -26,23 +26,16 @@ VAL_IMAGES = 7
 ARGS = [*SMALL_RUN_ARGS, f"--data.synthetic_kwargs={{num_train: 8, num_val: {VAL_IMAGES}, image_size: 64}}"]
 DDP = ["--trainer.strategy=ddp", "--trainer.accelerator=cpu"]
 SINGLE = ["--trainer.devices=1", "--trainer.strategy=auto"]
-#: Subcommand and protocol per mode: ss with sliding windows of 48 at stride 32 (four per 64x64
-#: image) through validation_step; multi-scale + flip on whole images through test_step.
-EVAL_MODES = {
-    "ss": (
-        "validate",
-        [
-            "--model.eval_mode=ss",
-            "--model.eval_window=slide",
-            "--model.eval_crop=48",
-            "--model.eval_stride=32",
-        ],
-    ),
-    "ms_flip": (
-        "test",
-        ["--model.eval_mode=ms_flip", "--model.eval_scales=[0.75,1.25]", "--model.eval_window=whole"],
-    ),
-}
+#: The distributed evaluation checked against one process: ``vpnext test`` (test_step) with the
+#: heaviest protocol, multi-scale + flip where each scaled image is scored by sliding windows of 48 at
+#: stride 32. The default protocol (whole image, validation_step) is the fit's own validation.
+EVAL_PROTOCOL = [
+    "--model.eval_mode=ms_flip",
+    "--model.eval_scales=[0.75,1.25]",
+    "--model.eval_window=slide",
+    "--model.eval_crop=48",
+    "--model.eval_stride=32",
+]
 FULL_SPLIT = {
     "images_evaluated": VAL_IMAGES,
     "images_distinct": VAL_IMAGES,
@@ -84,18 +77,13 @@ def ddp_fit(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def single_process(ddp_fit: Path) -> dict[str, dict]:
-    """results.json of one process scoring ``last.ckpt`` of the DDP fit, per evaluation mode."""
+def single_process(ddp_fit: Path) -> dict:
+    """results.json of one process scoring ``last.ckpt`` of the DDP fit with ``EVAL_PROTOCOL``."""
     ckpt = ddp_fit / "checkpoints" / "last.ckpt"
-    results = {}
-    for mode, (command, protocol) in EVAL_MODES.items():
-        args = [command, "--config", str(ddp_fit / "config.yaml"), *SINGLE, f"--run.name=single_{mode}"]
-        with one_thread():
-            assert main([*args, *protocol, "--ckpt_path", str(ckpt)]) == 0
-        results[mode] = read_json(
-            only_run_dir(ddp_fit.parent.parent / f"single_{mode}", f"_{command}") / "results.json"
-        )
-    return results
+    args = ["test", "--config", str(ddp_fit / "config.yaml"), *SINGLE, "--run.name=single_test"]
+    with one_thread():
+        assert main([*args, *EVAL_PROTOCOL, "--ckpt_path", str(ckpt)]) == 0
+    return read_json(only_run_dir(ddp_fit.parent.parent / "single_test", "_test") / "results.json")
 
 
 @pytest.mark.slow
@@ -118,37 +106,32 @@ def test_ddp_fit_validates_every_image_once(ddp_fit: Path) -> None:
     assert single["per_class_iou"] == distributed["per_class_iou"]
 
 
-# Three ranks over 7 images (an uneven split: one rank pads) for both evaluation modes. Two ranks
-# over the default protocol are the fit's own validation (test_ddp_fit_validates_every_image_once),
-# and which rank gets which image is covered by the sampler's unit tests (test_data_sampling.py).
+# Three ranks over 7 images (an uneven split: one rank pads). Two ranks over the default protocol are
+# the fit's own validation (test_ddp_fit_validates_every_image_once), and which rank gets which image
+# is covered by the sampler's unit tests (test_data_sampling.py).
 @pytest.mark.slow
-@pytest.mark.parametrize("devices", [3])
-@pytest.mark.parametrize("mode", list(EVAL_MODES))
-def test_ddp_evaluation_equals_single_process(
-    ddp_fit: Path, single_process: dict[str, dict], mode: str, devices: int
-) -> None:
-    command, protocol = EVAL_MODES[mode]
-    name = f"ddp{devices}_{mode}"
+def test_ddp_evaluation_equals_single_process(ddp_fit: Path, single_process: dict) -> None:
+    devices, name = 3, "ddp3_test"
     ckpt = ddp_fit / "checkpoints" / "last.ckpt"
     run_ddp(
         [
-            command,
+            "test",
             "--config",
             str(ddp_fit / "config.yaml"),
-            *protocol,
+            *EVAL_PROTOCOL,
             f"--run.name={name}",
             "--ckpt_path",
             str(ckpt),
         ],
         devices,
     )
-    distributed = read_json(only_run_dir(ddp_fit.parent.parent / name, f"_{command}") / "results.json")
-    single = single_process[mode]
+    distributed = read_json(only_run_dir(ddp_fit.parent.parent / name, "_test") / "results.json")
 
-    assert distributed["world_size"] == devices and distributed["evaluation"] == single["evaluation"]
-    assert coverage(distributed) == coverage(single) == FULL_SPLIT
-    assert distributed["mIoU"] == single["mIoU"]  # exact: integer counts summed over ranks
-    assert distributed["per_class_iou"] == single["per_class_iou"]
+    assert distributed["world_size"] == devices and distributed["evaluation"] == single_process["evaluation"]
+    assert distributed["evaluation"]["mode"] == "ms_flip" and distributed["evaluation"]["window"] == "slide"
+    assert coverage(distributed) == coverage(single_process) == FULL_SPLIT
+    assert distributed["mIoU"] == single_process["mIoU"]  # exact: integer counts summed over ranks
+    assert distributed["per_class_iou"] == single_process["per_class_iou"]
 
 
 @pytest.mark.slow

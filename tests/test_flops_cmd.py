@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
@@ -9,7 +11,7 @@ import pytest
 import yaml
 
 from vpnext.cli import main as cli_main
-from vpnext.tools.flops_cmd import PAPER_TABLE3, flops_result, table3
+from vpnext.tools.flops_cmd import PAPER_TABLE3, TABLE3_DECODERS, TABLE3_ROWS, flops_result
 from vpnext.tools.model_config import build_model_from_config, load_model_config
 
 TINY_MODEL = {"backbone": "vit_tiny_patch16_224", "decoder_dim": 32, "pyramid_dim": 16, "num_heads": 4}
@@ -181,9 +183,25 @@ TABLE3_ARGS = [
 
 
 @pytest.fixture(scope="module")
-def table3_results() -> dict:
-    """Every Table III row for both decoders, as `make flops` counts them (meta device: seconds)."""
-    return table3([Path("experiments/vitup.yaml")], TABLE3_ARGS, (480, 480))
+def table3_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """``vpnext flops --table3`` as `make flops` runs it, once: its printed table and JSON folder
+    (every Table III row for both decoders, counted on the meta device)."""
+    json_dir = tmp_path_factory.mktemp("table3")
+    args = ["flops", "--table3", "--config", "experiments/vitup.yaml", "--image-size", "480", "480"]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli_main([*args, *TABLE3_ARGS, "--json-dir", str(json_dir)]) == 0
+    return out.getvalue(), json_dir
+
+
+@pytest.fixture(scope="module")
+def table3_results(table3_run: tuple[str, Path]) -> dict:
+    """``{decoder: {row: result}}`` read back from the command's JSON files."""
+    _, json_dir = table3_run
+    return {
+        decoder: {row: json.loads((json_dir / f"{decoder}_{row}.json").read_text()) for row in TABLE3_ROWS}
+        for decoder in TABLE3_DECODERS
+    }
 
 
 @pytest.mark.slow
@@ -211,10 +229,8 @@ def test_efficient_configuration_keeps_its_cost_target(table3_results: dict) -> 
 
 
 @pytest.mark.slow
-def test_flops_table3_command_prints_both_decoders_beside_the_paper(tmp_path: Path, capsys) -> None:
-    args = ["flops", "--table3", "--config", "experiments/vitup.yaml", "--image-size", "480", "480"]
-    assert cli_main([*args, *TABLE3_ARGS, "--json-dir", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
+def test_flops_table3_command_prints_both_decoders_beside_the_paper(table3_run: tuple[str, Path]) -> None:
+    out, json_dir = table3_run
     assert "| Method | paper, GMACs | vs paper | efficient, GMACs | vs paper | paper |" in out
     assert "| 1007.62 |" in out
-    assert len(list(tmp_path.glob("*.json"))) == 10
+    assert len(list(json_dir.glob("*.json"))) == 10

@@ -15,7 +15,7 @@ from tests.helpers import SMALL_RUN_ARGS, one_hot_module, only_run_dir, sample_w
 from vpnext.cli import main
 from vpnext.data import seg_collate
 from vpnext.data.base import read_image
-from vpnext.training.val_pictures import picture_grid, picture_indices
+from vpnext.training.val_pictures import picture_grid, picture_indices, save_confusion_matrix
 
 
 def test_confusion_matrix_counts_pixels_by_label_and_prediction(tmp_path: Path) -> None:
@@ -112,3 +112,15 @@ def test_picture_indices_spread_over_the_split() -> None:
     for count, length in [(4, 5), (7, 8), (6, 1000)]:
         indices = picture_indices(count, length)
         assert len(set(indices)) == count and indices[0] == 0 and indices[-1] == length - 1
+
+
+def test_confusion_matrix_of_many_classes_stays_a_readable_size(tmp_path: Path) -> None:
+    """COCO-Stuff's 171 classes: the figure is capped at 2,000 px, not 0.35 inch per class."""
+    names = [f"class{i}" for i in range(171)]
+    matrix = np.eye(171, dtype=np.int64).tolist()
+    picture = Image.open(save_confusion_matrix(matrix, names, tmp_path / "cm.png"))
+    assert picture.size == (2000, 2000)
+    few = Image.open(
+        save_confusion_matrix(np.eye(11, dtype=np.int64).tolist(), names[:11], tmp_path / "few.png")
+    )
+    assert few.size == (585, 585)  # CamVid: (0.35 * 11 + 2) inches at 100 dpi

@@ -114,6 +114,10 @@ def _log_image(trainer: L.Trainer, key: str, grid: np.ndarray, step: int) -> Non
             logger.log_image(key=key, images=[grid], step=step, caption=["image | ground truth | prediction"])
 
 
+#: The largest confusion-matrix figure, in inches (at 100 dpi).
+MAX_CONFUSION_INCHES = 20.0
+
+
 def save_confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence[str], path: Path) -> Path:
     """Draw a confusion matrix (rows: ground truth, columns: prediction) normalised per row."""
     import matplotlib
@@ -124,12 +128,17 @@ def save_confusion_matrix(matrix: Sequence[Sequence[int]], class_names: Sequence
     counts = np.asarray(matrix, dtype=np.float64)
     totals = counts.sum(1, keepdims=True)
     shares = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
-    size = max(4.0, 0.35 * len(class_names) + 2.0)
+    # 0.35 inch per class up to MAX_CONFUSION_INCHES (2,000 px at 100 dpi); past it (ADE20K's 150,
+    # COCO-Stuff's 171 classes) the labels shrink instead: an uncapped 171-class figure is 6,200 px
+    # square and takes seconds to draw at every evaluation.
+    n = len(class_names)
+    size = min(MAX_CONFUSION_INCHES, max(4.0, 0.35 * n + 2.0))
+    fontsize = min(8.0, 0.8 * 72 * (size - 2.0) / n)
     fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
-    ticks = range(len(class_names))
-    ax.set_xticks(ticks, class_names, rotation=90, fontsize=8)
-    ax.set_yticks(ticks, class_names, fontsize=8)
+    ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
+    ticks = range(n)
+    ax.set_xticks(ticks, class_names, rotation=90, fontsize=fontsize)
+    ax.set_yticks(ticks, class_names, fontsize=fontsize)
     ax.set_xlabel("prediction")
     ax.set_ylabel("ground truth")
     ax.set_title("confusion matrix (share of each ground-truth class)")
