@@ -87,6 +87,13 @@ def test_aux_layers_resolution() -> None:
     assert resolve_aux_layers(3, 24) == [9, 14, 19]
     assert resolve_aux_layers(4, 24) == [4, 9, 14, 19]
     assert resolve_aux_layers([9, 2], 12) == [2, 9]
+    # Every count the range admits keeps the last block (x_z itself) out; one more would not.
+    for depth in (3, 6, 12, 24):
+        for count in range(1, depth - 1):
+            indices = resolve_aux_layers(count, depth)
+            assert len(set(indices)) == count and max(indices) < depth - 1, (depth, count)
+        with pytest.raises(ValueError, match=f"between 1 and {depth - 2}"):
+            resolve_aux_layers(depth - 1, depth)
 
 
 @pytest.mark.parametrize("aux", ["deep_supervision", "naive_align", "vcr"])

@@ -44,8 +44,8 @@ def resolve_aux_layers(aux_layers: int | Sequence[int], depth: int) -> list[int]
     are taken as given. The last block is ``x_z`` itself and cannot be auxiliary.
     """
     if isinstance(aux_layers, int):
-        if not 1 <= aux_layers < depth:
-            raise ValueError(f"aux_layers={aux_layers}: need a count between 1 and {depth - 1}")
+        if not 1 <= aux_layers <= depth - 2:  # depth - 1 layers would space the last onto x_z itself
+            raise ValueError(f"aux_layers={aux_layers}: need a count between 1 and {depth - 2}")
         if depth == 24 and aux_layers in VIT_L_AUX_LAYERS:
             return list(VIT_L_AUX_LAYERS[aux_layers])
         return [depth * j // (aux_layers + 1) for j in range(1, aux_layers + 1)]
