@@ -15,9 +15,13 @@ the per-class values are lost. Training therefore builds the metric with :func:`
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
-from torchmetrics.classification import MulticlassJaccardIndex
+
+if TYPE_CHECKING:  # torchmetrics takes ~2 s to import: only the training loop needs it
+    from torchmetrics.classification import MulticlassJaccardIndex
 
 __all__ = ["confusion_matrix", "iou_from_confusion", "jaccard_index", "miou_from_torchmetrics"]
 
@@ -72,6 +76,8 @@ def jaccard_index(num_classes: int, ignore_index: int = 255) -> MulticlassJaccar
     It accumulates the same confusion matrix as :func:`confusion_matrix` (and syncs it across DDP
     ranks); reduce its ``compute()`` with :func:`miou_from_torchmetrics`.
     """
+    from torchmetrics.classification import MulticlassJaccardIndex
+
     return MulticlassJaccardIndex(
         num_classes=num_classes, average=None, ignore_index=ignore_index, zero_division=float("nan")
     )
