@@ -46,8 +46,10 @@ def flops_result(
     shapes (so the count is the same as on a CPU, tested) but nothing is computed or allocated, so
     a ViT-L VPNeXt at the paper's width is counted in about a second. Weights are not loaded.
     """
+    # timm's weight init would dispatch every trunc_normal_ on the meta device for nothing.
+    arch = {**(config.model_args.get("backbone_kwargs") or {}), "weight_init": "skip"}
     with torch.device("meta"):
-        model = config.build(pretrained=False)
+        model = config.build(pretrained=False, backbone_kwargs=arch)
     result = measure_macs(model, image_size, batch_size, train_forward)
     return {
         **result,

@@ -20,6 +20,7 @@ init (cost and speed do not depend on the weights); a local weights file is kept
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -131,6 +132,7 @@ def _read_sections(path: Path) -> dict[str, Any]:
     return sections
 
 
+@functools.cache  # one parser per process: building it reads every signature (~0.3 s)
 def _parser() -> Any:
     from jsonargparse import ActionConfigFile, ArgumentParser
 
