@@ -8,19 +8,20 @@ install:
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install -e '.[dev]'
 
-# pytest in two worker processes (one thread each), one test module per worker at a time.
+# pytest in two worker processes (one thread each), one test module (or the group of multi-process
+# modules, tests/conftest.py) per worker at a time.
 PYTEST_WORKERS ?= 2
 test:
 	$(BIN)/ruff check src tests scripts
 	$(BIN)/lint-imports
-	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadfile
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 # The inner loop: lint, the layers contract and every test not marked slow (no training run, no
 # extra process).
 test-fast:
 	$(BIN)/ruff check src tests scripts
 	$(BIN)/lint-imports
-	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadfile -m "not slow"
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow"
 
 lint:
 	$(BIN)/ruff check src tests scripts

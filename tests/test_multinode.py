@@ -28,7 +28,7 @@ MARKER = "<!-- multi-node commands: tests/test_multinode.py runs exactly these l
 TINY_CONFIG = """\
 trainer:
   accelerator: cpu
-  max_steps: 30
+  max_steps: 14
   log_every_n_steps: 1
   enable_progress_bar: false
   enable_model_summary: false
@@ -104,7 +104,7 @@ def test_two_node_job_trains_is_preempted_and_resumes(
     errs = [a.communicate(timeout=300)[1] for a in agents]
     assert all(a.returncode != 0 for a in agents)
     stopped = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert 2 <= stopped["global_step"] < 30
+    assert 2 <= stopped["global_step"] < 14
     assert any(f"stopped by SIGTERM at step {stopped['global_step']}" in e for e in errs), errs[0][-3000:]
     assert not (run / "results.json").exists()
 
@@ -113,13 +113,13 @@ def test_two_node_job_trains_is_preempted_and_resumes(
     assert all(a.returncode == 0 for a in agents), errs[0][-3000:]
     assert sorted(p.name for p in (tmp_path / "runs" / "tiny").iterdir()) == [run.name]  # resumed in place
     results = _results(run)
-    assert results["world_size"] == 2 and results["optimizer_steps"] == 30
-    assert results["images_seen"] == 30 * 2 * 2
+    assert results["world_size"] == 2 and results["optimizer_steps"] == 14
+    assert results["images_seen"] == 14 * 2 * 2
 
     # The same run continued on one process (another world size): it works and keeps counting.
     # In this process: what it checks (a checkpoint of a 2-process job resumed by 1) needs no launcher.
     monkeypatch.chdir(tmp_path)
-    assert main(["fit", "--config", str(config), "--ckpt_path", "last", "--trainer.max_steps=34"]) == 0
+    assert main(["fit", "--config", str(config), "--ckpt_path", "last", "--trainer.max_steps=18"]) == 0
     results = _results(run)
-    assert results["world_size"] == 1 and results["optimizer_steps"] == 34
-    assert results["images_seen"] == 30 * 2 * 2 + 4 * 2
+    assert results["world_size"] == 1 and results["optimizer_steps"] == 18
+    assert results["images_seen"] == 14 * 2 * 2 + 4 * 2

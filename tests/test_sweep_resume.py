@@ -86,7 +86,7 @@ def test_sweep_interrupted_by_sigint_resumes_the_cut_run(tmp_path: Path) -> None
     sweep, runs = _tiny_sweep(tmp_path / "tiny.yaml"), tmp_path / "runs"
     overrides = [
         *SMALL_RUN_ARGS,
-        "--trainer.max_steps=20",
+        "--trainer.max_steps=12",
         "--data.batch_size=2",
         "--run.ckpt_every_n_steps=2",
     ]
@@ -116,7 +116,7 @@ def test_sweep_interrupted_by_sigint_resumes_the_cut_run(tmp_path: Path) -> None
     assert f"resume {first.name}" in again.stdout
     runs_done = sorted(p for p in runs.glob("tiny/*") if p.is_dir())
     assert runs_done == [first] and runner.has_complete_results(first)
-    assert json.loads((first / "results.json").read_text())["optimizer_steps"] == 20
+    assert json.loads((first / "results.json").read_text())["optimizer_steps"] == 12
 
 
 def test_report_ignores_incomplete_runs_and_counts_them(
