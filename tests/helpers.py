@@ -68,8 +68,9 @@ SMALL_MODEL = dict(
 )
 
 
-def write_small_checkpoint(path: Path, **overrides: object) -> Path:
-    """A checkpoint whose deformable convs sample at non-zero offsets (theirs start at zero)."""
+def write_small_checkpoint(path: Path, data: dict | None = None, **overrides: object) -> Path:
+    """A checkpoint whose deformable convs sample at non-zero offsets (theirs start at zero);
+    ``data`` replaces its data module's hyperparameters (synthetic data, test_vit normalisation)."""
     torch.manual_seed(0)
     from vpnext.training import SegmentationModule  # Lightning: only for the tests that use it
 
@@ -83,7 +84,7 @@ def write_small_checkpoint(path: Path, **overrides: object) -> Path:
         {
             "hyper_parameters": dict(module.hparams),
             "state_dict": module.state_dict(),
-            "datamodule_hyper_parameters": {"dataset": "synthetic", "normalize_for": "test_vit"},
+            "datamodule_hyper_parameters": data or {"dataset": "synthetic", "normalize_for": "test_vit"},
         },
         path,
     )

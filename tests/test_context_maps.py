@@ -13,7 +13,7 @@ from PIL import Image
 from tests.helpers import write_small_checkpoint
 from vpnext.cli import main
 from vpnext.inference import Segmenter
-from vpnext.tools.context_maps import context_maps, token_of
+from vpnext.tools.context_maps import context_maps, input_points, token_of
 
 
 @pytest.fixture(scope="module")
@@ -69,3 +69,27 @@ def test_command_draws_the_figure(checkpoints: dict[str, Path], tmp_path: Path, 
     assert width == 1000 and height == 520  # 4 panels x 2 points at 100 dpi
     assert main([*args, "--image", str(image), "--points", "70,10", "--output", str(output)]) == 2
     assert "outside the 64x80 image" in capsys.readouterr().err
+
+
+def test_points_follow_the_test_resize() -> None:
+    # CamVid: 480x360 images resized to 240x180 (its test scale) before the model sees them.
+    points = [(0, 0), (359, 479), (210, 420)]
+    assert input_points(points, (360, 480), (180, 240)) == [(0, 0), (179, 239), (105, 210)]
+    assert input_points([(10, 20)], (64, 80), (64, 80)) == [(10, 20)]
+
+
+def test_command_with_a_test_resize_draws_over_the_original(tmp_path: Path, capsys) -> None:
+    """Checkpoints that resize the image at test time, as CamVid's do (480x360 -> 240x180)."""
+    data = {"dataset": "synthetic", "normalize_for": "test_vit", "test_scale": [40, 32]}
+    ckpts = {
+        name: write_small_checkpoint(tmp_path / f"{name}.ckpt", data, aux=aux)
+        for name, aux in (("vcr", "vcr"), ("ds", "deep_supervision"))
+    }
+    resized = Segmenter.from_checkpoint(ckpts["vcr"]).preprocess(np.zeros((64, 80, 3), np.uint8))[0]
+    assert resized.shape[-2:] == (32, 40)
+    image = tmp_path / "scene.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 80, 3), dtype=np.uint8)).save(image)
+    output = tmp_path / "fig4.png"
+    args = ["context-maps", "--vcr", str(ckpts["vcr"]), "--baseline", str(ckpts["ds"]), "--image", str(image)]
+    assert main([*args, "--points", "10,10", "63,79", "--output", str(output)]) == 0
+    assert f"wrote {output}" in capsys.readouterr().out and Image.open(output).size == (1000, 520)

@@ -19,8 +19,8 @@ Usage::
                         [--layer I] [--output fig4.png]
 
 ``--layer`` is a 0-based ViT block (default: the VCR model's first auxiliary layer). The image
-goes through each checkpoint's own preprocessing (:class:`~vpnext.inference.Segmenter`) and is
-run whole, without the sliding window.
+goes through each checkpoint's own preprocessing (:class:`~vpnext.inference.Segmenter`, its test
+resize included: the points follow it) and is run whole, without the sliding window.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from vpnext.models import VPNeXt
 from vpnext.models.context_head import ContextHead
 from vpnext.models.layers import pad_to_multiple
 
-__all__ = ["context_maps", "draw_context_maps", "main", "token_of"]
+__all__ = ["context_maps", "draw_context_maps", "input_points", "main", "token_of"]
 
 
 def token_of(point: tuple[int, int], patch: int, grid_width: int) -> int:
@@ -135,17 +135,30 @@ def main(argv: Sequence[str]) -> int:
             file=sys.stderr,
         )
         return 2
-    if vcr.data.test_scale is not None or baseline.data.test_scale is not None:
-        print("vpnext context-maps: error: checkpoints with a test resize are not supported", file=sys.stderr)
+    inputs = {"vcr": vcr.preprocess(rgb)[0], "baseline": baseline.preprocess(rgb)[0]}
+    input_size = tuple(inputs["vcr"].shape[-2:])
+    if tuple(inputs["baseline"].shape[-2:]) != input_size:
+        other = tuple(inputs["baseline"].shape[-2:])
+        print(
+            f"vpnext context-maps: error: the checkpoints resize differently ({input_size} vs {other})",
+            file=sys.stderr,
+        )
         return 2
     layer = (
         args.layer if args.layer is not None else (vcr.model.aux_layers or [vcr.model.backbone.depth // 2])[0]
     )
+    # With a test resize (CamVid's 480x360 -> 240x180) the models see a smaller image: the points
+    # are taken to its pixels, and the maps are drawn back over the original.
+    points = input_points(args.points, (height, width), input_size)
     maps = {
-        "vcr": context_maps(vcr.model, vcr.preprocess(rgb)[0], args.points, layer),
-        "baseline": context_maps(baseline.model, baseline.preprocess(rgb)[0], args.points, layer),
+        "vcr": context_maps(vcr.model, inputs["vcr"], points, layer),
+        "baseline": context_maps(baseline.model, inputs["baseline"], points, layer),
     }
-    figure = draw_context_maps(rgb, args.points, maps, layer, vcr.model.backbone.patch_size)
+    cell = (
+        vcr.model.backbone.patch_size * height / input_size[0],
+        vcr.model.backbone.patch_size * width / input_size[1],
+    )
+    figure = draw_context_maps(rgb, args.points, maps, layer, cell)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(output, dpi=100)
@@ -153,10 +166,27 @@ def main(argv: Sequence[str]) -> int:
     return 0
 
 
+def input_points(
+    points: Sequence[tuple[int, int]], image_size: tuple[int, int], input_size: tuple[int, int]
+) -> list[tuple[int, int]]:
+    """Pixels ``(y, x)`` of an ``image_size`` image at the same place in its ``input_size`` resize."""
+    (height, width), (in_h, in_w) = image_size, input_size
+    return [(min(int(y * in_h / height), in_h - 1), min(int(x * in_w / width), in_w - 1)) for y, x in points]
+
+
 def draw_context_maps(
-    rgb: np.ndarray, points: Sequence[tuple[int, int]], maps: dict[str, Any], layer: int, patch: int
+    rgb: np.ndarray,
+    points: Sequence[tuple[int, int]],
+    maps: dict[str, Any],
+    layer: int,
+    cell: int | tuple[float, float],
 ) -> Any:
-    """The figure: one row per point (image, VCR affinity, VCR similarity, baseline similarity)."""
+    """The figure: one row per point (image, VCR affinity, VCR similarity, baseline similarity).
+
+    ``cell`` is the size of one grid cell in the image's pixels: the patch size, or ``(h, w)`` when
+    the models saw a resized image.
+    """
+    cell_h, cell_w = (cell, cell) if isinstance(cell, (int, float)) else cell
     import matplotlib
 
     matplotlib.use("Agg")
@@ -185,7 +215,7 @@ def draw_context_maps(
                 panel,
                 cmap="jet",
                 alpha=0.65,
-                extent=(0, grid_w * patch, grid_h * patch, 0),
+                extent=(0, grid_w * cell_w, grid_h * cell_h, 0),
                 interpolation="nearest",
             )
             axes[row, col].set_xlim(0, width)
