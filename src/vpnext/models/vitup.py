@@ -12,12 +12,18 @@ needs ``P·e4`` (a 1x1 projection to the pyramid width); since both maps are lin
   4j - 6 .. 4j + 9 and is centred on 4j + 1.5 — where the bilinear x4 resizes of ``h`` and of the
   logits, and the labels, put cell j. The 1/4 feature, the upsampled ``h`` and the logits share
   one grid (an impulse test checks it).
-* ``mode='shared'``: the paper's literal computation. The full-width ``e4`` is computed once with
-  12 px of right/bottom padding and ``e4[..., ::4, ::4]`` is bit for bit the stride-16 embedding
-  the ViT consumes. The price: cell j covers pixels 4j .. 4j + 15, centred on 4j + 7.5, i.e. the
-  1/4 map is shifted by 6 px (1.5 cells) right and down against the grid of ``h``, the logits and
-  the labels; only the deformable offsets can learn it away. Exact sub-sampling and an aligned
-  grid cannot both hold (a stride-16 token would sit at a half cell of an aligned 1/4 map).
+  The same holds for any even patch size k: (k - 4) / 2 px of padding centres cell j on 4j + 1.5.
+  For patch 14 (DINOv2, EVA-02-L/14) the kernel-14 conv at stride 4 gives the 1/4 map on that
+  grid, and the 1/14 tokens (centred on 14i + 6.5) land on it too when ``h`` is resized from 1/14
+  to 1/4, as long as the image is padded to a multiple of 28 (both grids then cover the same
+  pixels; :class:`~vpnext.models.VPNeXt` pads to ``lcm(patch, 4)``). Tests check both.
+* ``mode='shared'``: the paper's literal computation (patch sizes divisible by 4 only). The full-
+  width ``e4`` is computed once with 12 px of right/bottom padding and ``e4[..., ::4, ::4]`` is
+  bit for bit the stride-16 embedding the ViT consumes. The price: cell j covers pixels 4j .. 4j +
+  15, centred on 4j + 7.5, i.e. the 1/4 map is shifted by 6 px (1.5 cells) right and down against
+  the grid of ``h``, the logits and the labels; only the deformable offsets can learn it away.
+  Exact sub-sampling and an aligned grid cannot both hold (a stride-16 token would sit at a half
+  cell of an aligned 1/4 map).
 
 Part 2, :class:`HiCLR` (High-Level Context Local Refiner): ``u_0 = GN(P·e4)``; the high-level
 context ``h`` is ``y_z`` projected to the pyramid width and upsampled to 1/4; each of the T
@@ -56,7 +62,8 @@ class HiddenPyramidEmbedding(nn.Module):
     Args:
         embed_dim: ViT width C (output channels of the patch embedding).
         dim: Pyramid width of the decoder's 1/4 path.
-        patch_size: ViT patch size (must be a multiple of 4).
+        patch_size: ViT patch size: even and ≥ 4 (``folded``; 14 for DINOv2/EVA-02-L/14), a multiple of 4
+            (``shared``). The input must be padded to a multiple of ``lcm(patch_size, 4)``.
         mode: ``'folded'`` (default, cheaper) or ``'shared'`` (full-width map computed once).
     """
 
@@ -64,10 +71,15 @@ class HiddenPyramidEmbedding(nn.Module):
         self, embed_dim: int, dim: int, patch_size: int = 16, mode: Literal["folded", "shared"] = "folded"
     ) -> None:
         super().__init__()
-        if patch_size % PYRAMID_STRIDE:
-            raise ValueError(f"ViTUp needs a patch size divisible by {PYRAMID_STRIDE}, got {patch_size}")
         if mode not in ("folded", "shared"):
             raise ValueError(f"mode must be 'folded' or 'shared', got {mode!r}")
+        if mode == "shared" and patch_size % PYRAMID_STRIDE:
+            raise ValueError(
+                f"pyramid_embed='shared' needs a patch size divisible by {PYRAMID_STRIDE}, got {patch_size} "
+                "(its tokens are the stride-4 map sub-sampled; use 'folded')"
+            )
+        if patch_size < PYRAMID_STRIDE or patch_size % 2:
+            raise ValueError(f"ViTUp needs an even patch size of at least {PYRAMID_STRIDE}, got {patch_size}")
         self.mode = mode
         self.patch_size = patch_size
         self.proj = nn.Conv2d(embed_dim, dim, 1)

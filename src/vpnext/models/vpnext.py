@@ -6,6 +6,7 @@ Every ablation switch is a constructor argument; the module for each switch is p
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -20,7 +21,7 @@ from vpnext.models.outputs import VPNeXtOutput
 from vpnext.models.presets import DecoderPreset, decoder_widths, segmenter_width
 from vpnext.models.upsamplers import BilinearUpsampler, MockHiCLR, MockPyramid
 from vpnext.models.vcr import DeepSupervision, NaiveAlign, VisualContextReplay
-from vpnext.models.vitup import HiCLR, HiddenPyramidEmbedding
+from vpnext.models.vitup import PYRAMID_STRIDE, HiCLR, HiddenPyramidEmbedding
 from vpnext.ops.deform_conv import DeformImpl
 
 AuxMode = Literal["none", "deep_supervision", "naive_align", "vcr"]
@@ -183,6 +184,11 @@ class VPNeXt(nn.Module):
             )
         else:
             self.pyramid_embed = None
+        # Inputs are padded to whole tokens; with the hidden 1/4 map, to a size the 1/4 grid and the
+        # token grid both tile exactly (lcm: 16 for patch 16, 28 for patch 14).
+        patch = self.backbone.patch_size
+        self.pad_multiple = patch if self.pyramid_embed is None else math.lcm(patch, PYRAMID_STRIDE)
+        if self.pyramid_embed is None:
             if upsampler == "mock_hiclr":
                 self.upsampler = MockHiCLR(head_dim, w.pyramid_dim, hiclr_depth, deform_impl, w.fuse_kernel)
             elif upsampler == "mock_pyramid":
@@ -241,7 +247,7 @@ class VPNeXt(nn.Module):
 
     def _run(self, images: Tensor, with_aux: bool) -> VPNeXtOutput:
         height, width = images.shape[-2:]
-        x = pad_to_multiple(images, self.backbone.patch_size)
+        x = pad_to_multiple(images, self.pad_multiple)
         if self.pyramid_embed is not None:
             patches, pyramid = self.pyramid_embed(x, self.backbone.patch_proj)
         else:

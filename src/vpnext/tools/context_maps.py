@@ -69,7 +69,7 @@ def context_maps(
         raise ValueError("the model has no context head (head='mask_transformer'), so no affinity")
     model.eval()
     patch = model.backbone.patch_size
-    x = pad_to_multiple(image, patch)
+    x = pad_to_multiple(image, model.pad_multiple)
     if model.pyramid_embed is not None:
         patches, _ = model.pyramid_embed(x, model.backbone.patch_proj)
     else:
