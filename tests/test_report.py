@@ -373,3 +373,20 @@ def test_the_fpn_mock_pyramid_gets_its_own_row_not_the_papers(runs: Path) -> Non
         "| Mock pyramid (FPN, no HiCLR) | 0 | 43.21 | – | – | – |",
         "| Mock pyramid | 2 | 45.55 | – | – | 69.01 |",
     ]
+
+
+def test_lightnings_bookkeeping_in_the_hparams_does_not_split_a_row(tmp_path: Path) -> None:
+    """Runs saved before and after the redesign differ only by Lightning's ``_instantiator`` key:
+    seeds of one configuration, averaged in one row."""
+    root = tmp_path / "runs"
+    for seed, miou, extra in [
+        (0, 0.30, {"_instantiator": "lightning.pytorch.cli.instantiate_module"}),
+        (1, 0.32, {}),
+    ]:
+        path = write_run(root, f"s{seed}", miou, aux="deep_supervision") / "results.json"
+        record = json.loads(path.read_text())
+        record.update(seed=seed, hparams={**record["model"], "lr": 0.002, **extra})
+        path.write_text(json.dumps(record))
+    markdown, _ = report.render_report(root)
+    assert table_rows(markdown, "Table I")[0].startswith("| Deep supervision | 2 | 31.00 ± 1.41 (n=2) |")
+    assert "another configuration" not in markdown

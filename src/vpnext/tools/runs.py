@@ -96,10 +96,12 @@ def load_runs(runs_dir: str | Path, metric: str = "mIoU", split: str = "val") ->
         )
         mark, note = coverage(record)
         finished = str(record.get("finished_at", ""))
-        # Everything that defines the configuration; the seed is deliberately not part of it.
-        key = json.dumps(
-            [record.get("hparams") or record["model"], data, setting], sort_keys=True, default=str
-        )
+        # Everything that defines the configuration; the seed is deliberately not part of it, nor
+        # Lightning's bookkeeping in the hparams (``_instantiator``, saved before commit b8bdb30).
+        hparams = {
+            k: v for k, v in (record.get("hparams") or record["model"]).items() if not k.startswith("_")
+        }
+        key = json.dumps([hparams, data, setting], sort_keys=True, default=str)
         runs.append(
             Run(
                 path,
