@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 from timm.layers import resample_abs_pos_embed
 
@@ -70,7 +72,7 @@ def test_hub_weights_without_network_fail_with_one_line_naming_local_option(tmp_
 
 
 def test_non_vit_is_refused() -> None:
-    with pytest.raises(ValueError, match="not a timm VisionTransformer"):
+    with pytest.raises(ValueError, match="not a timm VisionTransformer or Eva"):
         ViTBackbone("resnet18")
 
 
@@ -83,3 +85,87 @@ def test_backbone_kwargs_override_the_timm_architecture() -> None:
     assert model(torch.randn(1, 3, 30, 45)).shape == (1, 3, 30, 45)
     with pytest.raises(ValueError, match="cannot set"):
         VPNeXt(3, **TINY, backbone_kwargs={"img_size": 64})
+
+
+#: Today's plain ViTs beside the classic one, cut to 3 blocks (random weights, no download): EVA-02
+#: (timm Eva, patch 14, rotary + absolute embedding), DINOv3 (Eva, patch 16, rotary only, 4
+#: register tokens), DINOv2 with registers (VisionTransformer, patch 14).
+MODERN = {
+    "eva02_tiny_patch14_224": 14,
+    "vit_small_patch16_dinov3": 16,
+    "vit_small_patch14_reg4_dinov2": 14,
+}
+
+
+@pytest.mark.parametrize("name", sorted(MODERN))
+def test_modern_backbones_give_timms_own_features_at_any_grid(name: str) -> None:
+    """Our pass from patch maps equals timm's ``forward_features`` (prefix tokens dropped) and its
+    block outputs, at a grid the weights were not built for: the rotary embedding follows it."""
+    torch.manual_seed(0)
+    backbone = ViTBackbone(name, img_size=56, arch_kwargs={"depth": 3}).eval()
+    patch = MODERN[name]
+    assert backbone.patch_size == patch and backbone.depth == 3
+    # timm's init leaves random attention nearly uniform, where rotary embeddings change nothing:
+    # larger weights make the comparison see them (without the rope, both Eva cases fail).
+    for module in backbone.modules():
+        if isinstance(module, torch.nn.Linear):
+            torch.nn.init.normal_(module.weight, std=0.2)
+    images = torch.randn(2, 3, 5 * patch, 7 * patch)  # a 5x7 grid; built for 4x4
+    blocks = []
+    backbone.vit.blocks[1].register_forward_hook(lambda m, i, o: blocks.append(o))
+    with torch.no_grad():
+        (x_1,), x_z = backbone(backbone.patch_proj(images), [1])
+        reference = backbone.vit.forward_features(images)
+    prefix = backbone.num_prefix_tokens
+    assert x_z.shape == (2, backbone.embed_dim, 5, 7)
+    expected = reference[:, prefix:].transpose(1, 2).reshape(2, -1, 5, 7)
+    torch.testing.assert_close(x_z, expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(x_1, blocks[0][:, prefix:].transpose(1, 2).reshape(2, -1, 5, 7))
+
+
+@pytest.mark.parametrize("name", sorted(MODERN))
+def test_modern_backbones_load_a_local_timm_state_dict_exactly(name: str, tmp_path) -> None:
+    torch.manual_seed(0)
+    source = timm.create_model(name, pretrained=False, depth=3, img_size=56)
+    path = tmp_path / "weights.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    loaded = ViTBackbone(name, pretrained=str(path), img_size=56, arch_kwargs={"depth": 3})
+    state = loaded.vit.state_dict()
+    for key, value in source.state_dict().items():
+        if not key.startswith("head."):
+            assert torch.equal(state[key], value), key
+
+
+@pytest.mark.parametrize("name", sorted(MODERN))
+def test_modern_backbones_train_vpnext_with_vcr_and_vitup(name: str) -> None:
+    """A few optimiser steps of VPNeXt (VCR on 2 layers, HiCLR 2) on each family, layer decay on."""
+    from vpnext.training.optim import build_optimizer
+
+    torch.manual_seed(0)
+    model = VPNeXt(
+        3,
+        backbone=name,
+        img_size=56,
+        backbone_kwargs={"depth": 3},
+        decoder_dim=32,
+        pyramid_dim=16,
+        num_heads=4,
+        aux="vcr",
+        aux_layers=[0, 1],
+        hiclr_depth=2,
+    )
+    optimizer = build_optimizer(model, lr=1e-3, layer_decay=0.9)
+    grouped = [p for group in optimizer.param_groups for p in group["params"]]
+    assert (
+        len(grouped) == len({id(p) for p in grouped}) == sum(1 for p in model.parameters() if p.requires_grad)
+    )
+    images, labels = torch.randn(2, 3, 45, 61), torch.randint(0, 3, (2, 45, 61))
+    losses = []
+    for _ in range(3):
+        out = model.forward_train(images)
+        loss = F.cross_entropy(out.logits, labels) + sum(F.cross_entropy(a, labels) for a in out.aux_logits)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]

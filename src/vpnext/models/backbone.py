@@ -1,10 +1,12 @@
 """Plain-ViT backbone wrapper around timm (paper Sec. IV; DESIGN.md 1.1).
 
-The wrapper owns a timm :class:`~timm.models.vision_transformer.VisionTransformer` and runs it
-from *patch tokens* rather than from pixels, so that VPNeXt can compute the patch embedding once
-(ViTUp, paper Eq. 5) and hand the stride-16 sub-sampling to the transformer. Intermediate block
-outputs are collected in the same pass (never a second backbone run), prefix tokens (class,
-register, distillation) are dropped, and dense maps are returned as (B, C, H/16, W/16).
+The wrapper owns a timm :class:`~timm.models.vision_transformer.VisionTransformer` (ViT, DeiT,
+DINOv2, AugReg...) or :class:`~timm.models.eva.Eva` (EVA-02, DINOv3: rotary position embeddings,
+recomputed for each input's token grid) and runs it from *patch tokens* rather than from pixels,
+so that VPNeXt can compute the patch embedding once (ViTUp, paper Eq. 5) and hand the stride-16
+sub-sampling to the transformer. Intermediate block outputs are collected in the same pass (never
+a second backbone run), prefix tokens (class, register, distillation) are dropped, and dense maps
+are returned as (B, C, H/16, W/16).
 
 Choices where the paper is silent:
     * ``x_z`` is the last block's output *after* the backbone's final norm; intermediate ``x_i``
@@ -25,6 +27,7 @@ from urllib.parse import urlparse
 import timm
 from timm.data import resolve_data_config
 from timm.models import get_pretrained_cfg
+from timm.models.eva import Eva
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
@@ -41,7 +44,7 @@ def create_vit(
     img_size: int | tuple[int, int] | None = None,
     drop_path_rate: float = 0.0,
     arch_kwargs: dict[str, Any] | None = None,
-) -> VisionTransformer:
+) -> VisionTransformer | Eva:
     """Create a timm ViT without classifier, optionally loading weights.
 
     Args:
@@ -114,13 +117,17 @@ def backbone_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, .
     return tuple(float(v) for v in config["mean"]), tuple(float(v) for v in config["std"])
 
 
-def _create(name: str, **kwargs) -> VisionTransformer:
+#: The timm classes of plain ViTs the backbone runs.
+PLAIN_VITS = (VisionTransformer, Eva)
+
+
+def _create(name: str, **kwargs) -> VisionTransformer | Eva:
     try:
         model = timm.create_model(name, **kwargs)
     except TypeError as err:  # other architectures reject ViT-only kwargs such as dynamic_img_size
-        raise ValueError(f"'{name}' is not a timm VisionTransformer ({err})") from None
-    if not isinstance(model, VisionTransformer):
-        raise ValueError(f"'{name}' is a {type(model).__name__}, not a timm VisionTransformer")
+        raise ValueError(f"'{name}' is not a timm VisionTransformer or Eva ({err})") from None
+    if not isinstance(model, PLAIN_VITS):
+        raise ValueError(f"'{name}' is a {type(model).__name__}, not a timm VisionTransformer or Eva")
     return model
 
 
@@ -198,11 +205,20 @@ class ViTBackbone(nn.Module):
         vit = self.vit
         b, _, h, w = patch_map.shape
         x = vit.patch_embed.norm(patch_map.permute(0, 2, 3, 1))  # timm applies its norm in NHWC
-        x = vit.norm_pre(vit.patch_drop(vit._pos_embed(x)))
+        if isinstance(vit, Eva):
+            # Eva adds the prefix tokens and the absolute embedding (if any) and returns the rotary
+            # embedding of this (h, w) grid: one for all blocks, or one per block (``rope_mixed``).
+            x, rope = vit._pos_embed(x)
+            x = vit.norm_pre(x)
+            mixed = getattr(vit, "rope_mixed", False) and rope is not None
+            ropes = [rope[i] if mixed else rope for i in range(self.depth)]
+        else:
+            x = vit.norm_pre(vit.patch_drop(vit._pos_embed(x)))
+            ropes = None
         wanted = {i: pos for pos, i in enumerate(indices)}
         features: list[Tensor | None] = [None] * len(indices)
         for i, block in enumerate(vit.blocks):
-            x = block(x)
+            x = block(x) if ropes is None else block(x, rope=ropes[i])
             if i in wanted:
                 features[wanted[i]] = self._to_map(vit.norm(x) if norm_intermediates else x, h, w)
         return features, self._to_map(vit.norm(x), h, w)  # type: ignore[return-value]

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
 
 from vpnext import paper
@@ -47,7 +48,9 @@ def flops_result(
     a ViT-L VPNeXt at the paper's width is counted in about a second. Weights are not loaded.
     """
     # timm's weight init would dispatch every trunc_normal_ on the meta device for nothing.
-    arch = {**(config.model_args.get("backbone_kwargs") or {}), "weight_init": "skip"}
+    arch = dict(config.model_args.get("backbone_kwargs") or {})
+    if timm.models.model_entrypoint(config.model_args["backbone"]).__module__.endswith(".vision_transformer"):
+        arch["weight_init"] = "skip"  # a VisionTransformer argument; timm's Eva has none
     with torch.device("meta"):
         model = config.build(pretrained=False, backbone_kwargs=arch)
     result = measure_macs(model, image_size, batch_size, train_forward)

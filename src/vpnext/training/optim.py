@@ -113,7 +113,7 @@ class _BeitLayerIds(nn.Module):
 
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         return {
-            "stem": r"^vit\.(?:cls_token|reg_token|dist_token|pos_embed|patch_embed|norm_pre)",
+            "stem": r"^vit\.(?:cls_token|reg_token|dist_token|pos_embed|patch_embed|norm_pre|rope)",
             # Any key other than timm's "merge with the previous group" (99999,) sorts after the blocks.
             "blocks": [(r"^vit\.blocks\.(\d+)", None), (r"^vit\.norm\.", (100000,))],
         }
