@@ -123,14 +123,25 @@ def test_modern_backbones_give_timms_own_features_at_any_grid(name: str) -> None
     torch.testing.assert_close(x_1, blocks[0][:, prefix:].transpose(1, 2).reshape(2, -1, 5, 7))
 
 
+TINY_DECODER = dict(decoder_dim=32, pyramid_dim=16, num_heads=4)
+
+
 @pytest.mark.parametrize("name", sorted(MODERN))
 def test_modern_backbones_load_a_local_timm_state_dict_exactly(name: str, tmp_path) -> None:
     torch.manual_seed(0)
     source = timm.create_model(name, pretrained=False, depth=3, img_size=56)
     path = tmp_path / "weights.safetensors"
     save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
-    loaded = ViTBackbone(name, pretrained=str(path), img_size=56, arch_kwargs={"depth": 3})
-    state = loaded.vit.state_dict()
+    loaded = VPNeXt(
+        3,
+        **TINY_DECODER,
+        backbone=name,
+        pretrained=str(path),
+        img_size=56,
+        backbone_kwargs={"depth": 3},
+        aux_layers=1,
+    )
+    state = loaded.backbone.vit.state_dict()
     for key, value in source.state_dict().items():
         if not key.startswith("head."):
             assert torch.equal(state[key], value), key
