@@ -153,18 +153,8 @@ def test_modern_backbones_train_vpnext_with_vcr_and_vitup(name: str) -> None:
     from vpnext.training.optim import build_optimizer
 
     torch.manual_seed(0)
-    model = VPNeXt(
-        3,
-        backbone=name,
-        img_size=56,
-        backbone_kwargs={"depth": 3},
-        decoder_dim=32,
-        pyramid_dim=16,
-        num_heads=4,
-        aux="vcr",
-        aux_layers=[0, 1],
-        hiclr_depth=2,
-    )
+    arch = dict(backbone=name, img_size=56, backbone_kwargs={"depth": 3})
+    model = VPNeXt(3, **arch, **TINY_DECODER, aux="vcr", aux_layers=[0, 1], hiclr_depth=2)
     optimizer = build_optimizer(model, lr=1e-3, layer_decay=0.9)
     grouped = [p for group in optimizer.param_groups for p in group["params"]]
     assert (
