@@ -147,6 +147,7 @@ def test_modern_backbones_load_a_local_timm_state_dict_exactly(name: str, tmp_pa
             assert torch.equal(state[key], value), key
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(MODERN))
 def test_modern_backbones_train_vpnext_with_vcr_and_vitup(name: str) -> None:
     """A few optimiser steps of VPNeXt (VCR on 2 layers, HiCLR 2) on each family, layer decay on."""
