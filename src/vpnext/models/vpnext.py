@@ -184,17 +184,16 @@ class VPNeXt(nn.Module):
             )
         else:
             self.pyramid_embed = None
-        # Inputs are padded to whole tokens; with the hidden 1/4 map, to a size the 1/4 grid and the
-        # token grid both tile exactly (lcm: 16 for patch 16, 28 for patch 14).
-        patch = self.backbone.patch_size
-        self.pad_multiple = patch if self.pyramid_embed is None else math.lcm(patch, PYRAMID_STRIDE)
-        if self.pyramid_embed is None:
             if upsampler == "mock_hiclr":
                 self.upsampler = MockHiCLR(head_dim, w.pyramid_dim, hiclr_depth, deform_impl, w.fuse_kernel)
             elif upsampler == "mock_pyramid":
                 self.upsampler = MockPyramid(head_dim, w.pyramid_dim)
             else:
                 self.upsampler = BilinearUpsampler(head_dim)
+        # Inputs are padded to whole tokens; with the hidden 1/4 map, to a size the 1/4 grid and the
+        # token grid both tile exactly (lcm: 16 for patch 16, 28 for patch 14).
+        patch = self.backbone.patch_size
+        self.pad_multiple = patch if self.pyramid_embed is None else math.lcm(patch, PYRAMID_STRIDE)
 
         if head == "context":
             self.head: nn.Module = ContextHead(

@@ -179,14 +179,14 @@ def draw_context_maps(
     points: Sequence[tuple[int, int]],
     maps: dict[str, Any],
     layer: int,
-    cell: int | tuple[float, float],
+    cell: tuple[float, float],
 ) -> Any:
     """The figure: one row per point (image, VCR affinity, VCR similarity, baseline similarity).
 
-    ``cell`` is the size of one grid cell in the image's pixels: the patch size, or ``(h, w)`` when
-    the models saw a resized image.
+    ``cell`` is one grid cell's ``(h, w)`` in the image's pixels: the patch size, scaled by the
+    test resize the models saw.
     """
-    cell_h, cell_w = (cell, cell) if isinstance(cell, (int, float)) else cell
+    cell_h, cell_w = cell
     import matplotlib
 
     matplotlib.use("Agg")
