@@ -171,7 +171,7 @@ def test_print_config_and_help_show_ablation_switches(capsys: pytest.CaptureFixt
     help_text = " ".join(capsys.readouterr().out.split())
     for switch in (
         "--model.aux {none,deep_supervision,naive_align,vcr}",
-        "--model.head {context,mask_transformer}",
+        "--model.head {context,mask_transformer,mask2former}",
         "--model.upsampler {bilinear,mock_pyramid,mock_hiclr,hiclr}",
         "--model.eval_mode {ss,ms_flip}",
         "--model.aux_layers AUX_LAYERS",

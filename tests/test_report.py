@@ -104,6 +104,7 @@ def test_table3_from_flops_json(runs: Path) -> None:
     entries = {
         "ds": (report_model(aux="deep_supervision"), 345e9),
         "mask": (report_model(aux="none", head="mask_transformer"), 343e9),
+        "mask2former": (report_model(aux="none", head="mask2former"), 1075e9),
         "mask_pyr": (report_model(aux="none", head="mask_transformer", upsampler="mock_pyramid"), 547e9),
         "vcr": (report_model(), 345e9),
         "vpnext": (report_model(upsampler="hiclr", hiclr_depth=3), 1054e9),
@@ -120,7 +121,8 @@ def test_table3_from_flops_json(runs: Path) -> None:
     assert table_rows(markdown, "Table III") == [
         "| Deep supervision | - | 345.00 | 172.50 | 356.69 |",
         "| Mask decoder | - | 343.00 | 171.50 | 359.99 |",
-        "|  | √ | 547.00 | 273.50 | > 2000 |",
+        "|  | √ | 1075.00 | 537.50 | > 2000 |",
+        "| Mask decoder (Segmenter) + FPN mock pyramid | √ | 547.00 | 273.50 | – |",
         "| Our VPNeXt | - | 345.00 | 172.50 | 356.69 |",
         "|  | √ | 1054.00 | 527.00 | 1007.62 |",
     ]

@@ -30,7 +30,7 @@ def expected_switches(params: dict) -> dict:
 def test_sweep_files_exist_with_the_paper_grids() -> None:
     assert SWEEP_IDS == ["extras", "vcr_layers", "vitup"]
     sizes = {p.stem: len(runner.grid_points(runner.load_sweep(p))) for p in SWEEPS}
-    assert sizes == {"vcr_layers": 5, "vitup": 7, "extras": 4}
+    assert sizes == {"vcr_layers": 6, "vitup": 7, "extras": 4}
 
 
 @pytest.mark.parametrize("path", SWEEPS, ids=SWEEP_IDS)
@@ -72,6 +72,7 @@ def test_vcr_layers_grid_is_table1() -> None:
     assert rows == [
         ("deep_supervision", 2, "context", "bilinear"),
         ("none", 2, "mask_transformer", "bilinear"),
+        ("none", 2, "mask2former", "bilinear"),
         ("vcr", 1, "context", "bilinear"),
         ("vcr", 2, "context", "bilinear"),
         ("vcr", 3, "context", "bilinear"),
@@ -166,7 +167,7 @@ def test_run_dirs_are_deterministic_distinct_and_depend_on_overrides(tmp_path: P
     again = [p.run_dir for p in runner.plan_runs(VCR_LAYERS, tmp_path)]
     other = [p.run_dir for p in runner.plan_runs(VCR_LAYERS, tmp_path, ["--x=1"])]
     assert first == again
-    assert len(set(first)) == 5
+    assert len(set(first)) == 6
     assert first[1].name.startswith("aux=none,aux_layers=2,head=mask_transformer-")
     assert not set(first) & set(other)
 
@@ -216,9 +217,9 @@ def test_gpus_run_one_process_per_gpu(monkeypatch: pytest.MonkeyPatch, tmp_path:
     fake = FakeVpnext()
     use_fake(monkeypatch, fake)
     assert runner.main([VCR_LAYERS, "--runs-dir", str(tmp_path), "--gpus", "0,1"]) == 0
-    assert len(fake.calls) == 5
+    assert len(fake.calls) == 6
     assert {gpu for _, gpu in fake.calls} <= {"0", "1"}
-    assert len(list((tmp_path / "vcr_layers").glob("*.log"))) == 5  # parallel runs log to files
+    assert len(list((tmp_path / "vcr_layers").glob("*.log"))) == 6  # parallel runs log to files
 
 
 def test_override_of_a_swept_switch_warns(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
@@ -263,10 +264,10 @@ def test_non_grid_sweeps_are_rejected(tmp_path: Path) -> None:
 
 def test_only_runs_the_selected_points_in_sweep_order(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     points = runner.plan_runs(VCR_LAYERS, tmp_path)
-    only = ["--only", "aux=vcr,aux_layers=2", "--only", "aux=none"]
+    only = ["--only", "aux=vcr,aux_layers=2", "--only", "head=mask_transformer"]
     lines = dry_run(capsys, VCR_LAYERS, "--runs-dir", str(tmp_path), *only)
-    # Segmenter (aux=none) comes before VCR-2 in the sweep, and aux=vcr alone would also match VCR-1 and -3.
-    assert [line.split("--run.dir=")[1] for line in lines] == [str(points[i].run_dir) for i in (1, 3)]
+    # Segmenter comes before VCR-2 in the sweep, and aux=vcr alone would also match VCR-1 and -3.
+    assert [line.split("--run.dir=")[1] for line in lines] == [str(points[i].run_dir) for i in (1, 4)]
     with pytest.raises(SystemExit):
         runner.main([VCR_LAYERS, "--dry-run", "--only", "aux_layers=4"])
     assert "--only aux_layers=4 matches no point of the sweep; its points: aux=deep_supervision" in (

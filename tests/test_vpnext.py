@@ -28,7 +28,8 @@ def build(**overrides) -> VPNeXt:
         (a, h, u)
         for a, h, u in itertools.product(AUX, HEADS, UPSAMPLERS)
         if not (a == "vcr" and h == "mask_transformer")
-    ],
+    ]
+    + [(a, "mask2former", ("bilinear", 0)) for a in AUX if a != "vcr"],
 )
 def test_every_meaningful_combination_runs(aux: str, head: str, upsampler: tuple[str, int]) -> None:
     # timm's 6-block, 64-wide test ViT: the 63 combinations in a few seconds instead of ViT-Tiny's 12.
@@ -63,6 +64,7 @@ def test_every_meaningful_combination_runs(aux: str, head: str, upsampler: tuple
             assert x_i.requires_grad and not target.requires_grad
     else:
         assert out.align_pairs == []
+    assert len(out.set_predictions) == (10 if head == "mask2former" else 0)  # Mask2Former's 9 layers + 1
 
 
 @pytest.mark.parametrize("upsampler", ["bilinear", "mock_pyramid", "mock_hiclr", "hiclr"])

@@ -9,7 +9,9 @@ formulas for ops it would count as zero:
   scaling are not counted, as for every other elementwise op;
 - ``torchvision::deform_conv2d`` and ``vpnext::deform_conv3x3``: the MACs of a plain conv of the
   same shape plus 4 MACs per bilinear sample per input channel per tap
-  (:func:`vpnext.ops.deform_conv.deform_conv_macs`), so both implementations count the same.
+  (:func:`vpnext.ops.deform_conv.deform_conv_macs`), so both implementations count the same;
+- ``grid_sample`` (bilinear, as the multi-scale deformable attention of ``head='mask2former'``
+  samples with it): 4 MACs per output value, the same count as the deformable conv's samples.
 
 Norms, activations, softmax, bias adds and resizes count zero, as in ``FlopCounterMode`` and
 fvcore. Every op is attributed to the nearest module on the execution stack whose name falls
@@ -18,6 +20,7 @@ under one of the ``groups`` prefixes (the innermost one that matches), else to `
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -57,6 +60,12 @@ def _torchvision_deform_flops(
     return 2 * deform_conv_macs(x_shape[1], weight_shape, out_shape)
 
 
+def _grid_sample_flops(
+    input_shape: torch.Size, grid_shape: torch.Size, *args: Any, out_shape: torch.Size, **kwargs: Any
+) -> int:
+    return 2 * 4 * math.prod(out_shape)
+
+
 def _extra_formulas() -> dict[Any, Callable[..., int]]:
     """Formulas for ops ``FlopCounterMode`` has none for, keyed by op packet (absent ops skipped)."""
     sdpa_ops = (
@@ -68,6 +77,7 @@ def _extra_formulas() -> dict[Any, Callable[..., int]]:
         getattr(torch.ops.aten, name): _sdpa_flops for name in sdpa_ops if hasattr(torch.ops.aten, name)
     }
     formulas[torch.ops.torchvision.deform_conv2d] = _torchvision_deform_flops
+    formulas[torch.ops.aten.grid_sampler_2d] = _grid_sample_flops
     # vpnext::deform_conv3x3 registers its own formula globally in vpnext.ops.deform_conv.
     return formulas
 

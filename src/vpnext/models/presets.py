@@ -83,3 +83,41 @@ def segmenter_width(embed_dim: int, dim: int | None = None, heads: int | None = 
     """Segmenter's published mask-transformer width for a backbone: d = the ViT's width, d/64 heads."""
     dim = dim or embed_dim
     return dim, heads or max(dim // HEAD_SIZE, 1)
+
+
+@dataclass(frozen=True)
+class Mask2FormerWidths:
+    """Widths and depths of the Mask2Former-style head (``head='mask2former'``).
+
+    Attributes:
+        dim: Width of the pyramid levels, the pixel decoder, the mask features and the queries.
+        heads: Attention heads (deformable and masked attention alike).
+        encoder_ffn: FFN width of the pixel decoder's deformable-attention layers.
+        decoder_ffn: FFN width of the transformer decoder's layers.
+        queries: Learnable queries.
+        encoder_layers: Deformable-attention layers of the pixel decoder.
+        decoder_layers: Masked-attention decoder layers.
+        points: Sampling points per head and level of the deformable attention.
+    """
+
+    dim: int
+    heads: int
+    encoder_ffn: int
+    decoder_ffn: int
+    queries: int = 100
+    encoder_layers: int = 6
+    decoder_layers: int = 9
+    points: int = 4
+
+
+def mask2former_widths(preset: DecoderPreset, embed_dim: int) -> Mask2FormerWidths:
+    """The Mask2Former head of ``preset``: ``efficient`` is Mask2Former's published configuration
+    (width 256 whatever the backbone); ``paper`` is ViT-Adapter-L's, everything at the ViT's width
+    with FFNs of 4x and 32-channel heads (1024, 32 heads, FFN 4096 for ViT-L)."""
+    if preset == "efficient":
+        return Mask2FormerWidths(dim=256, heads=8, encoder_ffn=1024, decoder_ffn=2048)
+    if preset == "paper":
+        return Mask2FormerWidths(
+            dim=embed_dim, heads=max(embed_dim // 32, 1), encoder_ffn=4 * embed_dim, decoder_ffn=4 * embed_dim
+        )
+    raise ValueError(f"decoder={preset!r} is not one of 'efficient', 'paper'")

@@ -16,16 +16,17 @@ from torch import Tensor, nn
 from vpnext.models.backbone import ViTBackbone
 from vpnext.models.context_head import ContextHead
 from vpnext.models.layers import crop_to, pad_to_multiple, upsample_to
+from vpnext.models.mask2former import Mask2FormerHead
 from vpnext.models.mask_transformer import MaskTransformerHead
 from vpnext.models.outputs import VPNeXtOutput
-from vpnext.models.presets import DecoderPreset, decoder_widths, segmenter_width
+from vpnext.models.presets import DecoderPreset, decoder_widths, mask2former_widths, segmenter_width
 from vpnext.models.upsamplers import BilinearUpsampler, MockHiCLR, MockPyramid
 from vpnext.models.vcr import DeepSupervision, NaiveAlign, VisualContextReplay
 from vpnext.models.vitup import PYRAMID_STRIDE, HiCLR, HiddenPyramidEmbedding
 from vpnext.ops.deform_conv import DeformImpl
 
 AuxMode = Literal["none", "deep_supervision", "naive_align", "vcr"]
-HeadMode = Literal["context", "mask_transformer"]
+HeadMode = Literal["context", "mask_transformer", "mask2former"]
 UpsamplerMode = Literal["bilinear", "mock_pyramid", "mock_hiclr", "hiclr"]
 
 
@@ -96,8 +97,11 @@ class VPNeXt(nn.Module):
         aux: Auxiliary supervision of intermediate layers (training only): ``none``,
             ``deep_supervision``, ``naive_align`` (Eq. 1) or ``vcr`` (Visual Context Replay).
         aux_layers: How many intermediate layers (evenly spaced), or their 0-based block indices.
-        head: ``context`` (deformable local + affinity global context) or ``mask_transformer``
-            (Segmenter, the "mask decoder w/o pyramid" baseline).
+        head: ``context`` (deformable local + affinity global context), ``mask_transformer``
+            (Segmenter, the "mask decoder w/o pyramid" baseline) or ``mask2former`` (Mask2Former on
+            a ViTDet simple feature pyramid: the "mask decoder with pyramid" baseline; it brings its
+            own pyramid, so ``upsampler`` must be ``bilinear``; widths from ``decoder``, see
+            :func:`vpnext.models.presets.mask2former_widths`).
         upsampler: ``bilinear``, ``hiclr`` (ViTUp's real pyramid), ``mock_hiclr`` (HiCLR on a mock
             1/4 feature made from the 1/16 map: Table II's "Mock pyramid" row) or ``mock_pyramid``
             (a ViTDet-style deconvolution + FPN pyramid without HiCLR; Table III's mask-decoder row).
@@ -111,8 +115,8 @@ class VPNeXt(nn.Module):
             ``embedding_bag``, ``grid_sample`` or ``torchvision`` (same values and gradients).
 
     Raises:
-        ValueError: For ``aux='vcr'`` with ``head='mask_transformer'`` (nothing to replay) and
-            for out-of-range ``aux_layers``/``hiclr_depth``.
+        ValueError: For ``aux='vcr'`` with a mask-decoder head (nothing to replay), ``head='mask2former'``
+            with an upsampler other than ``bilinear``, and out-of-range ``aux_layers``/``hiclr_depth``.
     """
 
     def __init__(
@@ -144,10 +148,15 @@ class VPNeXt(nn.Module):
         _check_choice("aux", aux, AuxMode)
         _check_choice("head", head, HeadMode)
         _check_choice("upsampler", upsampler, UpsamplerMode)
-        if aux == "vcr" and head == "mask_transformer":
+        if aux == "vcr" and head != "context":
             raise ValueError(
                 "aux='vcr' needs head='context': VCR replays the context head's deformable offsets and "
-                "affinity, and the mask transformer computes neither"
+                f"affinity, and head={head!r} computes neither"
+            )
+        if head == "mask2former" and upsampler != "bilinear":
+            raise ValueError(
+                f"head='mask2former' builds its own pyramid (ViTDet's simple feature pyramid and a pixel "
+                f"decoder): set upsampler='bilinear', not {upsampler!r}"
             )
         if not 0 <= hiclr_depth <= 5 and upsampler == "hiclr":
             raise ValueError(f"hiclr_depth={hiclr_depth}: must be between 0 and 5")
@@ -195,8 +204,10 @@ class VPNeXt(nn.Module):
         patch = self.backbone.patch_size
         self.pad_multiple = patch if self.pyramid_embed is None else math.lcm(patch, PYRAMID_STRIDE)
 
-        if head == "context":
-            self.head: nn.Module = ContextHead(
+        if head == "mask2former":
+            self.head: nn.Module = Mask2FormerHead(width, num_classes, mask2former_widths(decoder, width))
+        elif head == "context":
+            self.head = ContextHead(
                 width,
                 head_dim,
                 num_classes,
@@ -255,18 +266,26 @@ class VPNeXt(nn.Module):
         features, x_z = self.backbone(
             patches, self.aux_layers if with_aux else (), norm_intermediates=self.aux_mode == "naive_align"
         )
-        y, context = self.head(x_z)
-        logits = self.head.classify(self.upsampler(y, pyramid), context)
-        output = VPNeXtOutput(crop_to(upsample_to(logits, tuple(x.shape[-2:])), height, width))
+        padded_size = tuple(x.shape[-2:])  # not int(): export traces keep sizes symbolic
+        if isinstance(self.head, Mask2FormerHead):
+            sets, context = self.head(x_z), None
+            logits = self.head.semantic_logits(sets[-1], padded_size)
+            output = VPNeXtOutput(
+                crop_to(logits, height, width), set_predictions=sets, padded_size=padded_size
+            )
+        else:
+            y, context = self.head(x_z)
+            logits = self.head.classify(self.upsampler(y, pyramid), context)
+            output = VPNeXtOutput(crop_to(upsample_to(logits, padded_size), height, width))
         if with_aux:
-            aux_logits, output.align_pairs = self.aux(features, x_z, context, tuple(x.shape[-2:]))
+            aux_logits, output.align_pairs = self.aux(features, x_z, context, padded_size)
             output.aux_logits = [a[..., :height, :width] for a in aux_logits]
         return output
 
     def no_weight_decay(self) -> set[str]:
         """Names exempt from weight decay besides 1-D tensors: pos/cls/reg tokens, class embeddings."""
         names = {f"backbone.{n}" for n in self.backbone.no_weight_decay()}
-        if isinstance(self.head, MaskTransformerHead):
+        if isinstance(self.head, (MaskTransformerHead, Mask2FormerHead)):
             names |= {f"head.{n}" for n in self.head.no_weight_decay()}
         return names
 

@@ -38,6 +38,7 @@ from typing import Any
 from vpnext.tools.evaluations import evaluations_section
 from vpnext.tools.runs import (
     FLOPS_DIR,
+    MASK2FORMER_ROW,
     PAPER_GFLOPS,
     PAPER_MIOU,
     TABLE1_ROWS,
@@ -222,16 +223,25 @@ def _miou_section(title: str, second: str, filled: dict[RowKey, RowRuns], notes:
 
 
 #: The comparisons that decide the paper's claims: (label, table, row a, row b).
-PAIRS: list[tuple[str, str, tuple[str, str], tuple[str, str]]] = [
-    ("VCR (2 layers) − deep supervision (2 layers)", "table1", ("Our VCR", "2"), ("Deep supervision", "2")),
+Cell = tuple[str, tuple[str, str]]  # (table, (method, column))
+PAIRS: list[tuple[str, Cell, Cell]] = [
+    (
+        "VCR (2 layers) − deep supervision (2 layers)",
+        ("table1", ("Our VCR", "2")),
+        ("table1", ("Deep supervision", "2")),
+    ),
     (
         "VCR (2 layers) − mask decoder w/o pyramid",
-        "table1",
-        ("Our VCR", "2"),
-        ("Mask decoder w/o pyramid", "2 (implicit)"),
+        ("table1", ("Our VCR", "2")),
+        ("table1", ("Mask decoder w/o pyramid", "2 (implicit)")),
     ),
-    ("HiCLR 3 − bilinear", "table2", ("Our real pyramid", "3"), ("Bilinear", "0")),
-    ("HiCLR 3 − mock pyramid", "table2", ("Our real pyramid", "3"), ("Mock pyramid", "2")),
+    ("HiCLR 3 − bilinear", ("table2", ("Our real pyramid", "3")), ("table2", ("Bilinear", "0"))),
+    ("HiCLR 3 − mock pyramid", ("table2", ("Our real pyramid", "3")), ("table2", ("Mock pyramid", "2"))),
+    (
+        "VPNeXt (HiCLR 3) − mask decoder with pyramid (Mask2Former)",
+        ("table2", ("Our real pyramid", "3")),
+        ("table1", MASK2FORMER_ROW[1:]),
+    ),
 ]
 
 
@@ -243,8 +253,8 @@ def _paired_section(tables: dict[str, dict[str, dict[RowKey, RowRuns]]]) -> str:
     """Per-seed differences of the pairs that decide the paper's claims; paper vs efficient decoder."""
     lines = []
     for decoder, by_table in tables.items():
-        for label, table, a, b in PAIRS:
-            ga, gb = seed_group(_row(by_table[table], a)), seed_group(_row(by_table[table], b))
+        for label, (table_a, a), (table_b, b) in PAIRS:
+            ga, gb = seed_group(_row(by_table[table_a], a)), seed_group(_row(by_table[table_b], b))
             diff = None if ga is None or gb is None else paired(ga, gb)
             lines.append((f"{label} ({decoder})", MISSING if diff is None else diff.format()))
     if "paper" in tables and "efficient" in tables:
@@ -316,7 +326,7 @@ def _flops_section(records: Sequence[dict[str, Any]]) -> str:
     for record in records:
         key = table3_row(record["switches"])
         if key is not None:
-            rows[key][_decoder_of(record["switches"])] = record
+            rows.setdefault(key, {})[_decoder_of(record["switches"])] = record
     header = ["Methods", "Pyramid upsampler", *([f"{d}, GMACs" for d in decoders] or ["GMACs"]), "paper"]
     table = markdown_table(
         header,
@@ -325,7 +335,7 @@ def _flops_section(records: Sequence[dict[str, Any]]) -> str:
                 k[1],
                 k[2],
                 *(MISSING if d not in found else f"{found[d]['macs'] / 1e9:.2f}" for d in decoders or [""]),
-                PAPER_GFLOPS[k[1:]],
+                PAPER_GFLOPS.get(k[1:], MISSING),
             )
             for k, found in sorted(rows.items())
         ],
@@ -339,7 +349,10 @@ def _flops_section(records: Sequence[dict[str, Any]]) -> str:
         if backbones
         else f"No `vpnext flops --json` files in `{FLOPS_DIR}/` (run `make flops`)."
     )
-    note = "`paper`: the paper's figure (ViT-L/16, 480x480; the `> 2000` row is Mask2Former-based)."
+    note = (
+        "`paper`: the paper's figure (ViT-L/16, 480x480; its `> 2000` row is Mask2Former-based, ours is "
+        "Mask2Former on ViTDet's simple feature pyramid, docs/model.md)."
+    )
     return "\n".join(["## Table III: computational cost", "", table, "", info, note])
 
 

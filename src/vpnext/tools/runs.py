@@ -15,7 +15,9 @@ from vpnext.tools.evaluations import EVALUATION_STAGES, Evaluation, load_evaluat
 
 __all__ = [
     "FLOPS_DIR",
+    "MASK2FORMER_ROW",
     "MOCK_FPN_ROW",
+    "SEGMENTER_PYRAMID_ROW",
     "PAPER_GFLOPS",
     "PAPER_MIOU",
     "TABLE1_ROWS",
@@ -230,6 +232,8 @@ def table1_row(model: dict[str, Any]) -> RowKey | None:
     n = _num_aux(model)
     if model.get("head") == "mask_transformer" and model.get("aux") == "none":
         return (1, 0), "Mask decoder w/o pyramid", "2 (implicit)"  # Segmenter's 2 decoder blocks
+    if model.get("head") == "mask2former" and model.get("aux") == "none":
+        return MASK2FORMER_ROW
     if model.get("head") == "context" and model.get("aux") == "deep_supervision":
         return (0, n), "Deep supervision", str(n)
     if _is_vcr(model):
@@ -258,8 +262,10 @@ def table3_row(model: dict[str, Any]) -> RowKey | None:
     """Table III row: method and whether it has a pyramid upsampler (inference cost only)."""
     pyramid = not _is_bilinear(model)
     mark = "√" if pyramid else "-"
-    if model.get("head") == "mask_transformer":
-        return (1, int(pyramid)), "Mask decoder", mark
+    if model.get("head") == "mask2former":
+        return (1, 1), "Mask decoder", "√"
+    if model.get("head") == "mask_transformer":  # Segmenter on the FPN mock pyramid: not the paper's row
+        return ((1, 0), "Mask decoder", mark) if not pyramid else SEGMENTER_PYRAMID_ROW
     if model.get("head") != "context":
         return None
     if model.get("aux") == "deep_supervision" and not pyramid:
@@ -270,6 +276,11 @@ def table3_row(model: dict[str, Any]) -> RowKey | None:
 
 
 TABLE1_ROWS: list[RowKey] = [row.key for row in paper.TABLE1]
+#: A Table I row the paper does not have (its Table III has it): Mask2Former on ViTDet's pyramid,
+#: whose 9 decoder layers are each supervised, as Segmenter's 2 blocks are the implicit 2 above.
+MASK2FORMER_ROW: RowKey = ((1, 1), "Mask decoder with pyramid (Mask2Former)", "9 (implicit)")
+#: A Table III row the paper does not have: Segmenter on the FPN mock pyramid (``upsampler=mock_pyramid``).
+SEGMENTER_PYRAMID_ROW: RowKey = ((1, 2), "Mask decoder (Segmenter) + FPN mock pyramid", "√")
 #: A Table II row the paper does not have, shown when runs fill it: the deconvolution + FPN mock
 #: pyramid without HiCLR (``upsampler=mock_pyramid``; the report's "Mock pyramid" row before the
 #: row followed the paper's definition, HiCLR on a mock 1/4 feature).
