@@ -73,3 +73,20 @@ def test_existing_output_is_kept(checkpoint: Path, tmp_path: Path, capsys) -> No
         == 1
     )
     assert "--overwrite" in capsys.readouterr().err and output.read_text() == "keep me"
+
+
+def test_mask2former_exports_for_any_input_size(tmp_path: Path) -> None:
+    """Its position embeddings, reference points and level sizes are computed from the maps, not
+    from Python numbers, so the traced graph is not fixed to the size it was traced at."""
+    checkpoint = write_small_checkpoint(
+        tmp_path / "m2f.ckpt", head="mask2former", upsampler="bilinear", aux="none"
+    )
+    output = tmp_path / "m2f.pt"
+    assert (
+        main(["export", "--ckpt_path", str(checkpoint), "--format", "torchscript", "--output", str(output)])
+        == 0
+    )
+    run, model = load_exported(output, "torchscript"), Segmenter.from_checkpoint(checkpoint).model
+    x = torch.randn(1, 3, 45, 110)
+    with torch.no_grad():
+        assert (run(x) - model(x)).abs().max().item() <= 1e-4

@@ -239,3 +239,21 @@ def test_mask2former_model_trains_end_to_end_and_predicts_mask2formers_argmax() 
 def test_mask2former_refuses_what_it_cannot_combine_with(aux: str, upsampler: str) -> None:
     with pytest.raises(ValueError, match="head="):
         VPNeXt(4, **TINY, head="mask2former", aux=aux, upsampler=upsampler)
+
+
+def test_deformable_attention_macs_count_the_bilinear_samples_and_the_weighted_sum() -> None:
+    from vpnext.models.macs import count_macs
+
+    shapes, batch, heads, dim, queries, levels, points = [(4, 4), (2, 2)], 2, 3, 5, 7, 2, 4
+    value = torch.randn(batch, 20, heads, dim)
+    locations, weights = (
+        torch.rand(batch, queries, heads, levels, points, 2),
+        torch.rand(batch, queries, heads, levels, points),
+    )
+
+    class Op(torch.nn.Module):
+        def forward(self, v: torch.Tensor) -> torch.Tensor:
+            return ms_deform_attn(v, shapes, locations, weights)
+
+    samples = batch * heads * dim * queries * levels * points
+    assert count_macs(Op(), value).macs == 4 * samples + samples  # 4 per bilinear sample, 1 per weight

@@ -135,12 +135,9 @@ class MaskedAttentionDecoder(nn.Module):
             mask_features: (B, dim, H/4, W/4).
         """
         batch, dim = mask_features.shape[:2]
-        sizes = [(int(f.shape[-2]), int(f.shape[-1])) for f in levels]
+        sizes = [tuple(f.shape[-2:]) for f in levels]  # not int(): traces stay symbolic
         memories = [f.flatten(2).transpose(1, 2) + self.level_embed[i] for i, f in enumerate(levels)]
-        positions = [
-            sine_position_embedding(h, w, dim, f.device).to(f.dtype).flatten(1).T
-            for (h, w), f in zip(sizes, levels, strict=True)
-        ]
+        positions = [sine_position_embedding(f, dim).flatten(1).T for f in levels]
         # Copies, not expanded views: a view of a parameter made under no_grad still "requires grad"
         # without a graph, which module hooks (MAC counting) cannot handle.
         tgt = self.query_feat.repeat(batch, 1, 1)

@@ -30,21 +30,28 @@ from vpnext.ops.ms_deform_attn import ms_deform_attn
 __all__ = ["MSDeformAttn", "PixelDecoder", "SimpleFeaturePyramid", "sine_position_embedding"]
 
 
-def sine_position_embedding(height: int, width: int, dim: int, device: torch.device) -> Tensor:
-    """Mask2Former's normalised 2-D sine embedding (dim/2 channels for y, then dim/2 for x): (dim, H, W).
+def _grid_coordinates(feature: Tensor) -> tuple[Tensor, Tensor]:
+    """Pixel-centre coordinates ``((i + 0.5) / H, (j + 0.5) / W)`` of a map (..., H, W), each (H, W).
 
-    Position ``i`` of ``n`` is ``(i + 0.5) / n * 2 pi`` (Mask2Former centres DETR's ``i + 1``).
+    Made from a cumulative sum over ones rather than from ``H`` and ``W`` as Python numbers, so that
+    traced and exported graphs keep them symbolic (any input size).
     """
-    feats, scale, eps = dim // 2, 2 * math.pi, 1e-6
-    y = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) / (height + eps) * scale
-    x = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) / (width + eps) * scale
-    dim_t = 10000 ** (2 * (torch.arange(feats, device=device) // 2) / feats)
-    pos_y, pos_x = y[:, None] / dim_t, x[:, None] / dim_t  # (H, feats), (W, feats)
-    pos_y = torch.stack((pos_y[:, 0::2].sin(), pos_y[:, 1::2].cos()), dim=2).flatten(1)
-    pos_x = torch.stack((pos_x[:, 0::2].sin(), pos_x[:, 1::2].cos()), dim=2).flatten(1)
-    return torch.cat(
-        (pos_y.T[:, :, None].expand(-1, -1, width), pos_x.T[:, None, :].expand(-1, height, -1)), dim=0
-    )
+    ones = torch.ones_like(feature[(0,) * (feature.ndim - 2)], dtype=torch.float32)
+    rows, cols = ones.cumsum(0), ones.cumsum(1)
+    return (rows - 0.5) / rows[-1:, :], (cols - 0.5) / cols[:, -1:]
+
+
+def sine_position_embedding(feature: Tensor, dim: int) -> Tensor:
+    """Mask2Former's normalised 2-D sine embedding of a map (..., H, W): (dim, H, W), dim/2 channels
+    for y, then dim/2 for x; position ``i`` of ``n`` is at ``(i + 0.5) / n * 2 pi`` (Mask2Former
+    centres DETR's ``i + 1``)."""
+    feats = dim // 2
+    y, x = (c * (2 * math.pi) for c in _grid_coordinates(feature))
+    dim_t = 10000 ** (2 * (torch.arange(feats, device=feature.device) // 2) / feats)
+    pos_y, pos_x = y[..., None] / dim_t, x[..., None] / dim_t  # (H, W, feats)
+    pos_y = torch.stack((pos_y[..., 0::2].sin(), pos_y[..., 1::2].cos()), dim=3).flatten(2)
+    pos_x = torch.stack((pos_x[..., 0::2].sin(), pos_x[..., 1::2].cos()), dim=3).flatten(2)
+    return torch.cat((pos_y, pos_x), dim=2).permute(2, 0, 1).to(feature.dtype)
 
 
 class SimpleFeaturePyramid(nn.Module):
@@ -127,18 +134,25 @@ class MSDeformAttn(nn.Module):
             nn.init.zeros_(proj.bias)
 
     def forward(
-        self, query: Tensor, reference: Tensor, value: Tensor, spatial_shapes: list[tuple[int, int]]
+        self,
+        query: Tensor,
+        reference: Tensor,
+        value: Tensor,
+        spatial_shapes: list[tuple[int, int]],
+        sizes: Tensor | None = None,
     ) -> Tensor:
         """Attend from ``query`` (B, Q, dim) around ``reference`` (Q, 2), ``(x, y)`` in [0, 1] and the
         same on every level, into ``value`` (B, N, dim), the levels flattened in ``spatial_shapes``
-        order."""
+        order. ``sizes`` (L, 2) holds ``(W_l, H_l)`` as a tensor (made from ``spatial_shapes`` if
+        not given; the pixel decoder passes one that traces symbolically)."""
         batch, queries, _ = query.shape
         value = self.value_proj(value).unflatten(-1, (self.heads, -1))
         offsets = self.sampling_offsets(query).view(batch, queries, self.heads, self.levels, self.points, 2)
         weights = self.attention_weights(query).view(batch, queries, self.heads, self.levels * self.points)
         weights = weights.softmax(-1).view(batch, queries, self.heads, self.levels, self.points)
         # Offsets are in pixels of each level: divide by (W_l, H_l).
-        sizes = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=query.dtype, device=query.device)
+        if sizes is None:
+            sizes = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=query.dtype, device=query.device)
         locations = reference[None, :, None, None, None, :] + offsets / sizes[None, None, None, :, None, :]
         return self.output_proj(ms_deform_attn(value, spatial_shapes, locations, weights))
 
@@ -154,21 +168,33 @@ class _EncoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
 
     def forward(
-        self, src: Tensor, pos: Tensor, reference: Tensor, spatial_shapes: list[tuple[int, int]]
+        self,
+        src: Tensor,
+        pos: Tensor,
+        reference: Tensor,
+        spatial_shapes: list[tuple[int, int]],
+        sizes: Tensor,
     ) -> Tensor:
-        src = self.norm1(src + self.attn(src + pos, reference, src, spatial_shapes))
+        src = self.norm1(src + self.attn(src + pos, reference, src, spatial_shapes, sizes))
         return self.norm2(src + self.ffn(src))
 
 
-def _reference_points(spatial_shapes: list[tuple[int, int]], device: torch.device) -> Tensor:
+def _reference_points(levels: list[Tensor]) -> Tensor:
     """Pixel centres ``(x, y)`` in [0, 1] of every position of every level, concatenated: (N, 2)."""
     points = []
-    for height, width in spatial_shapes:
-        y = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) / height
-        x = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) / width
-        grid_y, grid_x = torch.meshgrid(y, x, indexing="ij")
-        points.append(torch.stack((grid_x.flatten(), grid_y.flatten()), -1))
-    return torch.cat(points)
+    for level in levels:
+        y, x = _grid_coordinates(level)
+        points.append(torch.stack((x.flatten(), y.flatten()), -1))
+    return torch.cat(points).to(levels[0].dtype)
+
+
+def _level_sizes(levels: list[Tensor]) -> Tensor:
+    """(L, 2): ``(W_l, H_l)`` of each level as a tensor (symbolic in traced graphs)."""
+    sizes = []
+    for level in levels:
+        ones = torch.ones_like(level[0, 0], dtype=torch.float32)
+        sizes.append(torch.stack((ones[0].sum(), ones[:, 0].sum())))
+    return torch.stack(sizes).to(levels[0].dtype)
 
 
 class PixelDecoder(nn.Module):
@@ -208,20 +234,19 @@ class PixelDecoder(nn.Module):
         """Mask features (B, dim, H/4, W/4) and the refined levels [1/32, 1/16, 1/8] from the
         pyramid [1/4, 1/8, 1/16, 1/32]."""
         coarse = pyramid[:0:-1]  # 1/32, 1/16, 1/8
-        spatial_shapes = [(int(f.shape[-2]), int(f.shape[-1])) for f in coarse]
+        spatial_shapes = [(f.shape[-2], f.shape[-1]) for f in coarse]  # not int(): traces stay symbolic
         src = torch.cat(
             [proj(f).flatten(2).transpose(1, 2) for proj, f in zip(self.input_proj, coarse, strict=True)], 1
         )
         pos = torch.cat(
             [
-                sine_position_embedding(h, w, src.shape[-1], src.device).to(src.dtype).flatten(1).T
-                + self.level_embed[i]
-                for i, (h, w) in enumerate(spatial_shapes)
+                sine_position_embedding(f, src.shape[-1]).flatten(1).T + self.level_embed[i]
+                for i, f in enumerate(coarse)
             ]
         )
-        reference = _reference_points(spatial_shapes, src.device).to(src.dtype)
+        reference, sizes = _reference_points(coarse), _level_sizes(coarse)
         for layer in self.layers:
-            src = layer(src, pos, reference, spatial_shapes)
+            src = layer(src, pos, reference, spatial_shapes, sizes)
         levels = [
             level.transpose(1, 2).unflatten(-1, shape)
             for level, shape in zip(
