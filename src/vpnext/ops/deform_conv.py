@@ -27,7 +27,9 @@ The two sampling implementations are one ``torch.library`` op, ``vpnext::deform_
 ``torch.utils.flop_counter.FlopCounterMode`` sees one op and counts it with
 :func:`deform_conv_macs`. Its backward recomputes the sampled columns with autograd instead of
 keeping them from the forward (less memory, one extra gather), so double backward is not
-supported and the public function is excluded from ``torch.compile`` graphs (a graph break).
+supported. The op has a fake implementation and its autograd formula traces, so ``torch.compile``
+keeps the whole model in one graph with the op as an opaque call (no graph break; tested in
+``tests/test_compile.py``).
 Under ``torch.autocast`` it computes in float32 and returns float32.
 """
 
@@ -278,7 +280,6 @@ def resolve_impl(impl: DeformImpl, device: torch.device) -> str:
     return impl
 
 
-@torch.compiler.disable
 def deform_conv3x3(
     x: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None = None, impl: DeformImpl = "auto"
 ) -> Tensor:

@@ -21,8 +21,9 @@ most tensor memory the call holds on top of what was allocated before it
 profiler's allocation events on CPU.
 
 ``--bf16`` runs forward (and loss) under ``torch.autocast(bfloat16)``. ``--compile`` wraps every
-candidate in ``torch.compile``; on CPU compilation takes minutes and the deformable conv is a graph
-break. ``--per-module`` adds exclusive wall time and MACs per decoder module of the configured model.
+candidate in ``torch.compile`` (one graph each: the deformable conv is an opaque op, not a graph
+break); the warm-up calls pay the compilation. ``--per-module`` adds exclusive wall time and MACs
+per decoder module of the configured model.
 
 Usage::
 

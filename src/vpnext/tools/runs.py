@@ -75,6 +75,10 @@ class Run:
         return str(self.model.get("decoder") or "efficient")
 
 
+#: Hyperparameters that change how a run computes, not what: left out of a row's configuration.
+HOW_NOT_WHAT = frozenset({"compile"})
+
+
 def load_runs(runs_dir: str | Path, metric: str = "mIoU", split: str = "val") -> list[Run]:
     """All training runs under ``runs_dir`` evaluated on ``split`` (``results.json`` files, any depth).
 
@@ -99,9 +103,12 @@ def load_runs(runs_dir: str | Path, metric: str = "mIoU", split: str = "val") ->
         mark, note = coverage(record)
         finished = str(record.get("finished_at", ""))
         # Everything that defines the configuration; the seed is deliberately not part of it, nor
-        # Lightning's bookkeeping in the hparams (``_instantiator``, saved before commit b8bdb30).
+        # Lightning's bookkeeping in the hparams (``_instantiator``, saved before commit b8bdb30),
+        # nor how the same arithmetic was run (``compile``).
         hparams = {
-            k: v for k, v in (record.get("hparams") or record["model"]).items() if not k.startswith("_")
+            k: v
+            for k, v in (record.get("hparams") or record["model"]).items()
+            if not k.startswith("_") and k not in HOW_NOT_WHAT
         }
         key = json.dumps([hparams, data, setting], sort_keys=True, default=str)
         runs.append(

@@ -17,10 +17,11 @@ labels and the predictions of the split have no IoU (NaN) and are left out of th
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import lightning as L
+import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
@@ -82,6 +83,10 @@ class SegmentationModule(L.LightningModule):
         eval_crop: Sliding-window size; ``None`` uses the dataset's window, else the training crop.
         eval_stride: Sliding-window stride; ``None`` uses the dataset's, else 2/3 of the window.
         eval_scales: Scale ratios of ``ms_flip``.
+        compile: Run the model's training forward and its inference through ``torch.compile``:
+            ``True`` with the default backend (inductor), a string names another backend
+            (``aot_eager``). The whole model is one graph (the deformable conv and its backward are
+            opaque ops, no graph break); the arithmetic is unchanged.
         **model_args: The other arguments of :class:`~vpnext.models.VPNeXt`, with its defaults
             and its documentation: backbone (``backbone``, ``pretrained``, ``img_size``,
             ``drop_path_rate``, ``backbone_kwargs``), decoder widths (``decoder``, ``decoder_dim``,
@@ -114,6 +119,7 @@ class SegmentationModule(L.LightningModule):
         eval_crop: int | None = None,
         eval_stride: int | None = None,
         eval_scales: Sequence[float] = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75),
+        compile: bool | str = False,
         **model_args: Any,
     ) -> None:
         super().__init__()
@@ -151,6 +157,20 @@ class SegmentationModule(L.LightningModule):
         self.evaluation_results: dict[str, dict[str, Any]] = {}
         #: Optimiser step of the checkpoint the weights came from (validate/test/predict report it).
         self.checkpoint_step = 0
+        #: ``torch.compile``d model entry points, made on first use (``compile``).
+        self._compiled: dict[str, Callable[[Tensor], Any]] = {}
+
+    def model_fn(self, name: Literal["forward_train", "predict"]) -> Callable[[Tensor], Any]:
+        """The model's ``forward_train`` or ``predict``, compiled if the run asks for it."""
+        fn = self.model if name == "predict" else self.model.forward_train  # model(x) is predict
+        setting = self.hparams.get("compile", False)
+        if not setting:
+            return fn
+        if name not in self._compiled:
+            self._compiled[name] = (
+                torch.compile(fn) if setting is True else torch.compile(fn, backend=setting)
+            )
+        return self._compiled[name]
 
     # ---- model facts other tools read -----------------------------------------------------------
     @property
@@ -211,12 +231,14 @@ class SegmentationModule(L.LightningModule):
         Returns:
             (B, K, H, W) scores: logits for ``ss``, averaged probabilities for ``ms_flip``.
         """
-        return apply_protocol(self.model, images, self.hparams.num_classes, self.eval_protocol())
+        return apply_protocol(
+            self.model_fn("predict"), images, self.hparams.num_classes, self.eval_protocol()
+        )
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         """One training iteration: train-mode forward, every loss term logged separately."""
         images, labels = batch["image"], batch["label"]
-        terms = self.criterion(self.model.forward_train(images), labels)
+        terms = self.criterion(self.model_fn("forward_train")(images), labels)
         batch_size = images.shape[0]
         for name, value in terms.items():
             key = "train/loss" if name == "loss" else f"train/loss_{name}"
