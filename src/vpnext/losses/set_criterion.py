@@ -8,7 +8,8 @@ CVPR 2022) does for semantic segmentation:
   Mask2Former's semantic dataset mapper.
 * **Matching** (no gradient), per image and decoder layer, by ``scipy.optimize.linear_sum_assignment``
   on ``5 * BCE + 2 * (-p_class) + 5 * dice`` between every query and every target, the mask terms
-  on 12,544 points drawn uniformly (the same points for predictions and targets).
+  on 12,544 points drawn uniformly (the same points for predictions and targets; fewer for masks
+  under 128 x 128, see :class:`SetCriterion`).
 * **Losses** of the matched pairs: cross-entropy over K + 1 classes for *every* query (unmatched
   ones to "no object", weighted 0.1), and sigmoid BCE + dice on 12,544 points per matched mask
   chosen by uncertainty (3x oversampling, 75 % of the points where ``|logit|`` is smallest, the
@@ -43,6 +44,9 @@ MASK_WEIGHT = 5.0
 DICE_WEIGHT = 5.0
 NO_OBJECT_WEIGHT = 0.1
 NUM_POINTS = 112 * 112
+#: Mask2Former's points per mask as a fraction of its masks' pixels (12,544 of 128 x 128 at 1/4 of
+#: its 512 crops): smaller masks get this fraction of their pixels, larger ones NUM_POINTS.
+POINT_FRACTION = NUM_POINTS / (128 * 128)
 OVERSAMPLE_RATIO = 3.0
 IMPORTANCE_RATIO = 0.75
 
@@ -81,9 +85,10 @@ def pairwise_mask_costs(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor
         ``(bce, dice)``, each (Q, n).
     """
     points = logits.shape[1]
-    positive = F.softplus(-logits)  # BCE against 1
-    negative = F.softplus(logits)  # BCE against 0
-    bce = (positive @ targets.T + negative @ (1.0 - targets).T) / points
+    # BCE against 0 is softplus(x), against 1 softplus(-x) = softplus(x) - x, so
+    # sum_p [t softplus(-x) + (1 - t) softplus(x)] = sum_p softplus(x) - x . t (one softplus).
+    negative = F.softplus(logits)
+    bce = (negative.sum(-1, keepdim=True) - logits @ targets.T) / points
     probs = logits.sigmoid()
     dice = 1.0 - (2.0 * probs @ targets.T + 1.0) / (probs.sum(-1)[:, None] + targets.sum(-1)[None, :] + 1.0)
     return bce, dice
@@ -159,10 +164,13 @@ class SetCriterion(nn.Module):
     Args:
         num_classes: Classes K (the predictions have K + 1 with "no object").
         ignore_index: Label of pixels that belong to no target mask.
-        num_points: Points per mask for the losses and for matching.
+        num_points: Points per mask for the losses and for matching; ``None``: Mask2Former's 12,544,
+            or :data:`POINT_FRACTION` of the mask logits' pixels if that is fewer (masks under
+            128 x 128, i.e. crops under 512 x 512: 2,022 points for CamVid's 176 x 240 crops), so
+            that small masks are not sampled several times per pixel.
     """
 
-    def __init__(self, num_classes: int, ignore_index: int = 255, num_points: int = NUM_POINTS) -> None:
+    def __init__(self, num_classes: int, ignore_index: int = 255, num_points: int | None = None) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.ignore_index = ignore_index
@@ -171,18 +179,26 @@ class SetCriterion(nn.Module):
         weight[-1] = NO_OBJECT_WEIGHT
         self.register_buffer("class_weight", weight, persistent=False)
 
+    def points_for(self, mask_logits: Tensor) -> int:
+        """Points per mask for masks of the size of ``mask_logits`` (..., h, w)."""
+        if self.num_points is not None:
+            return self.num_points
+        pixels = mask_logits.shape[-2] * mask_logits.shape[-1]
+        return min(NUM_POINTS, max(1, round(POINT_FRACTION * pixels)))
+
     def layer_terms(
         self, prediction: SetPrediction, targets: list[tuple[Tensor, Tensor]], num_masks: float
     ) -> dict[str, Tensor]:
         """Unweighted ``class``, ``mask`` (BCE) and ``dice`` terms of one decoder layer."""
         class_logits = prediction.class_logits.float()
         mask_logits = prediction.mask_logits.float()
+        num_points = self.points_for(mask_logits)
         target_classes = torch.full(
             class_logits.shape[:2], self.num_classes, dtype=torch.long, device=class_logits.device
         )
         matched_logits, matched_masks = [], []
         for b, (classes, masks) in enumerate(targets):
-            rows, cols = hungarian_match(class_logits[b], mask_logits[b], classes, masks, self.num_points)
+            rows, cols = hungarian_match(class_logits[b], mask_logits[b], classes, masks, num_points)
             target_classes[b, rows] = classes[cols]
             matched_logits.append(mask_logits[b, rows])
             matched_masks.append(masks[cols])
@@ -192,7 +208,7 @@ class SetCriterion(nn.Module):
             zero = mask_logits.sum() * 0.0
             return {**terms, "mask": zero, "dice": zero}
         with torch.no_grad():
-            points = _uncertain_points(logits, self.num_points)
+            points = _uncertain_points(logits, num_points)
             labels = point_sample(torch.cat(matched_masks), points)
         point_logits = point_sample(logits, points)
         terms["mask"] = (

@@ -110,14 +110,16 @@ class Mask2FormerWidths:
     points: int = 4
 
 
-def mask2former_widths(preset: DecoderPreset, embed_dim: int) -> Mask2FormerWidths:
+def mask2former_widths(preset: DecoderPreset, embed_dim: int, dim: int | None = None) -> Mask2FormerWidths:
     """The Mask2Former head of ``preset``: ``efficient`` is Mask2Former's published configuration
-    (width 256 whatever the backbone); ``paper`` is ViT-Adapter-L's, everything at the ViT's width
-    with FFNs of 4x and 32-channel heads (1024, 32 heads, FFN 4096 for ViT-L)."""
+    (width 256 whatever the backbone, FFNs 4x in the pixel decoder and 8x in the transformer
+    decoder); ``paper`` is ViT-Adapter-L's, everything at the ViT's width with FFNs of 4x (1024,
+    FFN 4096 for ViT-L). Heads are 32 channels wide in both. ``dim`` replaces the preset's width
+    and scales heads and FFNs with it."""
     if preset == "efficient":
-        return Mask2FormerWidths(dim=256, heads=8, encoder_ffn=1024, decoder_ffn=2048)
+        dim = dim or 256
+        return Mask2FormerWidths(dim=dim, heads=max(dim // 32, 1), encoder_ffn=4 * dim, decoder_ffn=8 * dim)
     if preset == "paper":
-        return Mask2FormerWidths(
-            dim=embed_dim, heads=max(embed_dim // 32, 1), encoder_ffn=4 * embed_dim, decoder_ffn=4 * embed_dim
-        )
+        dim = dim or embed_dim
+        return Mask2FormerWidths(dim=dim, heads=max(dim // 32, 1), encoder_ffn=4 * dim, decoder_ffn=4 * dim)
     raise ValueError(f"decoder={preset!r} is not one of 'efficient', 'paper'")

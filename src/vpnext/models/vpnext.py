@@ -94,6 +94,8 @@ class VPNeXt(nn.Module):
         segmenter_dim: Width of the mask transformer (``head='mask_transformer'``); ``None`` is
             Segmenter's published choice, the ViT's own width (1024 for ViT-L).
         segmenter_heads: Heads of the mask transformer; ``None`` is Segmenter's width / 64.
+        mask2former_dim: Width of ``head='mask2former'`` (heads and FFNs scale with it); ``None``
+            is the ``decoder`` preset's (256 ``efficient``, the ViT's width ``paper``).
         aux: Auxiliary supervision of intermediate layers (training only): ``none``,
             ``deep_supervision``, ``naive_align`` (Eq. 1) or ``vcr`` (Visual Context Replay).
         aux_layers: How many intermediate layers (evenly spaced), or their 0-based block indices.
@@ -135,6 +137,7 @@ class VPNeXt(nn.Module):
         fuse_kernel: int | None = None,
         segmenter_dim: int | None = None,
         segmenter_heads: int | None = None,
+        mask2former_dim: int | None = None,
         aux: AuxMode = "vcr",
         aux_layers: int | list[int] = 2,
         head: HeadMode = "context",
@@ -205,7 +208,9 @@ class VPNeXt(nn.Module):
         self.pad_multiple = patch if self.pyramid_embed is None else math.lcm(patch, PYRAMID_STRIDE)
 
         if head == "mask2former":
-            self.head: nn.Module = Mask2FormerHead(width, num_classes, mask2former_widths(decoder, width))
+            self.head: nn.Module = Mask2FormerHead(
+                width, num_classes, mask2former_widths(decoder, width, mask2former_dim)
+            )
         elif head == "context":
             self.head = ContextHead(
                 width,
