@@ -257,3 +257,21 @@ def test_deformable_attention_macs_count_the_bilinear_samples_and_the_weighted_s
 
     samples = batch * heads * dim * queries * levels * points
     assert count_macs(Op(), value).macs == 4 * samples + samples  # 4 per bilinear sample, 1 per weight
+
+
+def test_points_per_mask_follow_mask2formers_fraction_below_its_mask_size() -> None:
+    criterion = SetCriterion(num_classes=3)
+    assert criterion.points_for(torch.zeros(1, 1, 128, 128)) == 112 * 112  # Mask2Former's 512 crops
+    assert criterion.points_for(torch.zeros(1, 1, 200, 200)) == 112 * 112
+    assert criterion.points_for(torch.zeros(1, 1, 44, 60)) == round(44 * 60 * 112**2 / 128**2)  # CamVid crops
+    assert SetCriterion(num_classes=3, num_points=50).points_for(torch.zeros(1, 1, 128, 128)) == 50
+
+
+def test_mask2former_width_scales_heads_and_ffns() -> None:
+    from vpnext.models.presets import mask2former_widths
+
+    assert mask2former_widths("efficient", 192) == Mask2FormerWidths(256, 8, 1024, 2048)  # as published
+    assert mask2former_widths("efficient", 192, dim=128) == Mask2FormerWidths(128, 4, 512, 1024)
+    assert mask2former_widths("paper", 1024) == Mask2FormerWidths(1024, 32, 4096, 4096)  # ViT-Adapter-L's
+    model = VPNeXt(4, **TINY, head="mask2former", upsampler="bilinear", aux="none", mask2former_dim=64)
+    assert model.head.decoder.query_feat.shape == (100, 64) and model.head.decoder.heads == 2
