@@ -8,7 +8,12 @@ import torch._dynamo
 
 from tests.helpers import TINY
 from vpnext.models import VPNeXt
+from vpnext.models.mask2former import Mask2FormerHead
+from vpnext.models.presets import Mask2FormerWidths
 
+SHALLOW_MASK2FORMER = Mask2FormerWidths(
+    dim=32, heads=4, encoder_ffn=64, decoder_ffn=64, queries=8, encoder_layers=1, decoder_layers=3
+)
 #: Every decoder part with a deformable conv: the context head, VCR's replay and HiCLR.
 DEFORMABLE = dict(backbone="test_vit", aux="vcr", upsampler="hiclr", hiclr_depth=2)
 
@@ -20,6 +25,8 @@ DEFORMABLE = dict(backbone="test_vit", aux="vcr", upsampler="hiclr", hiclr_depth
 )
 def test_model_compiles_without_a_graph_break(overrides: dict) -> None:
     model = VPNeXt(5, **{**TINY, **overrides})
+    if overrides.get("head") == "mask2former":  # every kind of layer once or twice: a short trace
+        model.head = Mask2FormerHead(model.backbone.embed_dim, 5, SHALLOW_MASK2FORMER)
     images = torch.randn(2, 3, 64, 64)
     # Mask2Former's forward_train runs everything its predict does (dynamo takes ~10 s a trace of it).
     for fn in (

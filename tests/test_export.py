@@ -79,7 +79,7 @@ def test_mask2former_exports_for_any_input_size(tmp_path: Path) -> None:
     """Its position embeddings, reference points and level sizes are computed from the maps, not
     from Python numbers, so the traced graph is not fixed to the size it was traced at."""
     checkpoint = write_small_checkpoint(
-        tmp_path / "m2f.ckpt", head="mask2former", upsampler="bilinear", aux="none"
+        tmp_path / "m2f.ckpt", head="mask2former", upsampler="bilinear", aux="none", mask2former_dim=32
     )
     output = tmp_path / "m2f.pt"
     assert (
