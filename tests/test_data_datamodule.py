@@ -128,3 +128,31 @@ def test_explicit_normalisation_overrides_the_backbone() -> None:
         dataset="synthetic", normalize_for="vit_tiny_patch16_224", mean=(0.1, 0.2, 0.3), std=(1, 1, 1)
     )
     assert dm.mean == pytest.approx((0.1, 0.2, 0.3)) and dm.std == pytest.approx((1.0, 1.0, 1.0))
+
+
+def test_workers_left_at_exit_do_not_hang_the_interpreter(tmp_path) -> None:
+    """Workers ignore SIGTERM (pre-emption); multiprocessing's exit handler stops daemonic children
+    with SIGTERM and joins them, so a loader iterator still alive at exit (as after a pre-emption
+    stop, seen once in tests/test_resume.py) used to hang the process forever."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = tmp_path / "exit_with_workers.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import builtins
+            from torch.utils.data import DataLoader
+            from vpnext.data.datamodule import _register_worker_cleanup, seed_worker
+
+            _register_worker_cleanup()
+            loader = DataLoader(list(range(100)), batch_size=2, num_workers=2, worker_init_fn=seed_worker)
+            builtins.kept_alive = iter(loader)
+            next(builtins.kept_alive)
+            """
+        )
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "DataLoader worker" not in done.stderr

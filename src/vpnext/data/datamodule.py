@@ -9,7 +9,9 @@ and scores against the original label. Batches of different sizes are padded by
 
 from __future__ import annotations
 
+import atexit
 import functools
+import multiprocessing
 import os
 import random
 import signal
@@ -63,6 +65,29 @@ def seed_worker(worker_id: int) -> None:
     np.random.seed(seed)
     if info is not None:
         _reseed_transform(info.dataset, seed)
+
+
+def _kill_daemonic_children() -> None:
+    """At interpreter exit, SIGKILL what is left of the DataLoader workers.
+
+    Workers ignore SIGTERM (:func:`seed_worker`), and multiprocessing's own exit handler stops
+    daemonic children with SIGTERM and then joins them: if a loader iterator was not shut down
+    before the interpreter exits (seen after a pre-emption stop, when the exception keeps the
+    iterator alive), that join would wait forever on workers blocked on their index queue.
+    Registered after multiprocessing's handler, so it runs first.
+    """
+    workers = [child for child in multiprocessing.active_children() if child.daemon]
+    if workers and hasattr(signal, "SIGCHLD"):
+        # torch's SIGCHLD handler would report the killed workers as a loader failure.
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for child in workers:
+        child.kill()
+        child.join(timeout=5)
+
+
+@functools.cache
+def _register_worker_cleanup() -> None:
+    atexit.register(_kill_daemonic_children)
 
 
 def _names(value: str | list[str] | None) -> list[str] | None:
@@ -334,6 +359,8 @@ class SegDataModule(DataSettings, L.LightningDataModule):
         if dataset is None:
             raise RuntimeError("call setup() with the matching stage before asking for a dataloader")
         workers = self.hparams.num_workers
+        if workers:
+            _register_worker_cleanup()
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -373,6 +400,8 @@ class SegDataModule(DataSettings, L.LightningDataModule):
         dataset, batch_size, workers = self.train_set, self.hparams.batch_size, self.hparams.num_workers
         if dataset is None:
             raise RuntimeError("call setup('fit') before asking for the training dataloader")
+        if workers:
+            _register_worker_cleanup()
         kwargs = self.trainer.distributed_sampler_kwargs if self.trainer is not None else None
         replicas, rank = (int(kwargs["num_replicas"]), int(kwargs["rank"])) if kwargs else (1, 0)
         # The pipeline's seed follows seed_everything (drawn in _make); the order uses the same one.
