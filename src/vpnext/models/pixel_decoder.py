@@ -226,7 +226,7 @@ class PixelDecoder(nn.Module):
         self.output = nn.Sequential(nn.Conv2d(dim, dim, 3, padding=1, bias=False), group_norm(dim), nn.ReLU())
         self.mask_features = nn.Conv2d(dim, dim, 1)
         nn.init.normal_(self.level_embed)
-        for conv in (self.input_proj[0][0], self.input_proj[1][0], self.input_proj[2][0], self.mask_features):
+        for conv in (*(proj[0] for proj in self.input_proj), self.mask_features):
             nn.init.xavier_uniform_(conv.weight)
             nn.init.zeros_(conv.bias)
 
