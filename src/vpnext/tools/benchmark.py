@@ -45,9 +45,9 @@ from torch import Tensor, nn
 
 from vpnext.losses import SegmentationLoss
 from vpnext.models import VPNeXt
-from vpnext.models.layers import pad_to_multiple
 from vpnext.models.macs import count_macs
 from vpnext.tools.model_config import ModelConfig, config_parser, load_model_config, write_json
+from vpnext.tools.peers import PEERS, BackboneOnly, format_peers, run_peers
 from vpnext.tools.timing import memory_method, peak_memory_mb, summarize, sync, time_interleaved
 from vpnext.training.optim import build_optimizer
 from vpnext.training.results import device_name
@@ -57,18 +57,6 @@ __all__ = ["BackboneOnly", "main", "run_benchmark", "time_interleaved"]
 #: Changes that turn the configured model into the paper's deep-supervision baseline.
 DEEP_SUPERVISION = {"aux": "deep_supervision", "upsampler": "bilinear"}
 TRAIN_AUX = ("deep_supervision", "vcr")
-
-
-class BackboneOnly(nn.Module):
-    """The ViT of a VPNeXt alone: ``backbone(patch_proj(x))`` (patch embed, blocks, final norm)."""
-
-    def __init__(self, model: VPNeXt) -> None:
-        super().__init__()
-        self.backbone = model.backbone
-
-    def forward(self, images: Tensor) -> Tensor:
-        x = pad_to_multiple(images, self.backbone.patch_size)
-        return self.backbone(self.backbone.patch_proj(x))[1]
 
 
 def _autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
@@ -383,6 +371,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--bf16", action="store_true", help="autocast forward passes to bfloat16")
     parser.add_argument("--compile", action="store_true", help="torch.compile every candidate (slow on CPU)")
+    parser.add_argument(
+        "--peers",
+        nargs="*",
+        choices=list(PEERS),
+        metavar="ROW",
+        help="instead: VPNeXt beside other decoders on the same ViT (inference; all rows, or these: "
+        f"{', '.join(PEERS)}); smp and transformers rows need pip install 'vpnext[peers]'",
+    )
     parser.add_argument("--no-train", action="store_true", help="skip the training-step comparison")
     parser.add_argument(
         "--per-module",
@@ -404,20 +400,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(str(err))
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = run_benchmark(
-        config,
-        tuple(args.image_size) if args.image_size else config.image_size,
-        batch_size=args.batch_size,
-        repeats=args.repeats,
-        warmup=args.warmup,
-        device=args.device,
-        bf16=args.bf16,
-        compile_=args.compile,
-        train=not args.no_train,
-        train_batch_size=args.train_batch_size,
-        per_module=args.per_module,
-    )
-    print(format_report(result))
+    image_size = tuple(args.image_size) if args.image_size else config.image_size
+    if args.peers is not None:
+        result = run_peers(
+            config, image_size, args.peers, args.batch_size, args.repeats, args.warmup, args.device
+        )
+        print(format_peers(result))
+    else:
+        result = run_benchmark(
+            config,
+            image_size,
+            batch_size=args.batch_size,
+            repeats=args.repeats,
+            warmup=args.warmup,
+            device=args.device,
+            bf16=args.bf16,
+            compile_=args.compile,
+            train=not args.no_train,
+            train_batch_size=args.train_batch_size,
+            per_module=args.per_module,
+        )
+        print(format_report(result))
     for note in config.notes:
         print(f"note: {note}")
     if args.json:
