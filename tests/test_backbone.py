@@ -55,6 +55,7 @@ def test_missing_local_file_is_a_clear_error(tmp_path) -> None:
         ViTBackbone("vit_tiny_patch16_224", pretrained=tmp_path / "nope.safetensors")
 
 
+@pytest.mark.slow
 def test_hub_weights_without_network_fail_with_one_line_naming_local_option(tmp_path) -> None:
     code = (
         "from vpnext.models import ViTBackbone\n"

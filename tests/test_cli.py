@@ -133,6 +133,7 @@ def test_experiment_configs_parse(config: str, expected: dict, capsys: pytest.Ca
         assert parsed["trainer"]["devices"] * parsed["data"]["batch_size"] == 16
 
 
+@pytest.mark.slow
 def test_wandb_logger_config_works_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")

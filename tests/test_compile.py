@@ -18,6 +18,7 @@ SHALLOW_MASK2FORMER = Mask2FormerWidths(
 DEFORMABLE = dict(backbone="test_vit", aux="vcr", upsampler="hiclr", hiclr_depth=2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "overrides",
     [DEFORMABLE, dict(backbone="test_vit", aux="deep_supervision", head="mask2former", upsampler="bilinear")],
@@ -40,6 +41,7 @@ def test_model_compiles_without_a_graph_break(overrides: dict) -> None:
         assert explained.graph_count == 1
 
 
+@pytest.mark.slow
 def test_compiled_training_step_equals_eager() -> None:
     torch.manual_seed(0)
     model = VPNeXt(5, **{**TINY, **DEFORMABLE})
@@ -64,6 +66,7 @@ def test_compiled_training_step_equals_eager() -> None:
         torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_training_module_runs_the_compiled_model_when_asked() -> None:
     from vpnext.training import SegmentationModule
 

@@ -130,6 +130,7 @@ def test_explicit_normalisation_overrides_the_backbone() -> None:
     assert dm.mean == pytest.approx((0.1, 0.2, 0.3)) and dm.std == pytest.approx((1.0, 1.0, 1.0))
 
 
+@pytest.mark.slow
 def test_workers_left_at_exit_do_not_hang_the_interpreter(tmp_path) -> None:
     """Workers ignore SIGTERM (pre-emption); multiprocessing's exit handler stops daemonic children
     with SIGTERM and joins them, so a loader iterator still alive at exit (as after a pre-emption

@@ -58,6 +58,21 @@ def test_gradients_match_torchvision(impl: str) -> None:
 
 
 @pytest.mark.parametrize("impl", FAST_IMPLS)
+def test_channels_last_inputs_give_the_same_values_and_gradients(impl: str) -> None:
+    inputs = _inputs(torch.float64)
+    last = [t.detach().contiguous(memory_format=torch.channels_last).requires_grad_() for t in inputs[:2]]
+    grad_out = torch.randn(2, 4, 7, 11, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    out = deform_conv3x3(*last, *inputs[2:], impl=impl)
+    # The embedding-bag path answers in the input's layout (no copy); the grid-sample path in NCHW.
+    layout = torch.channels_last if impl == "embedding_bag" else torch.contiguous_format
+    assert out.is_contiguous(memory_format=layout)
+    ours = torch.autograd.grad(out, [*last, *inputs[2:]], grad_out)
+    theirs = torch.autograd.grad(_reference(*inputs), inputs, grad_out)
+    for name, a, b in zip(("x", "offset", "weight", "bias"), ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=f"d{name}")
+
+
+@pytest.mark.parametrize("impl", FAST_IMPLS)
 def test_gradients_when_only_some_inputs_require_grad(impl: str) -> None:
     # Visual Context Replay feeds detached offsets; the backward must skip (not break on) them.
     x, offset, weight, _ = _inputs(torch.float64)
@@ -173,7 +188,7 @@ def test_shape_errors() -> None:
 
 
 @pytest.mark.slow
-def test_torch_compile_runs_with_a_graph_break() -> None:
+def test_torch_compile_of_the_op_matches_eager_values_and_gradients() -> None:
     layer = DeformConv3x3(5, 4).double()
     x, offset, _, _ = _inputs()
 

@@ -30,7 +30,9 @@ keeping them from the forward (less memory, one extra gather), so double backwar
 supported. The op has a fake implementation and its autograd formula traces, so ``torch.compile``
 keeps the whole model in one graph with the op as an opaque call (no graph break; tested in
 ``tests/test_compile.py``).
-Under ``torch.autocast`` it computes in float32 and returns float32.
+Under ``torch.autocast`` it computes in float32 and returns float32. The ``"embedding_bag"``
+path returns its output in the input's memory layout: a channels-last input (what HiCLR passes)
+gets a channels-last output straight from the GEMM rows, with no layout copy.
 """
 
 from __future__ import annotations
@@ -122,7 +124,17 @@ def _embedding_bag_forward(x: Tensor, offset: Tensor, weight: Tensor, bias: Tens
             torch.mm(cols, matrix_t, out=out[block])
         else:
             torch.addmm(bias, cols, matrix_t, out=out[block])
-    return out.view(batch, height, width, -1).permute(0, 3, 1, 2).contiguous()
+    return _in_layout_of(x, out.view(batch, height, width, -1).permute(0, 3, 1, 2))
+
+
+def _channels_last(x: Tensor) -> bool:
+    """Whether ``x`` is stored channels-last (and not also plain contiguous, as 1-channel maps are)."""
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def _in_layout_of(x: Tensor, out: Tensor) -> Tensor:
+    """``out`` in ``x``'s memory layout: channels-last stays channels-last (no copy), else NCHW."""
+    return out.contiguous(memory_format=torch.channels_last if _channels_last(x) else torch.contiguous_format)
 
 
 def _embedding_bag_columns(x: Tensor, offset: Tensor) -> Tensor:
@@ -217,7 +229,8 @@ def _deform_conv3x3_op(
 
 @_deform_conv3x3_op.register_fake
 def _(x: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None, sampler: str) -> Tensor:
-    return x.new_empty(x.shape[0], weight.shape[0], *x.shape[2:])
+    out = x.new_empty(x.shape[0], weight.shape[0], *x.shape[2:])
+    return _in_layout_of(x, out) if sampler == "embedding_bag" else out
 
 
 def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
