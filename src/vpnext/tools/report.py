@@ -235,7 +235,11 @@ PAIRS: list[tuple[str, Cell, Cell]] = [
         ("table1", ("Our VCR", "2")),
         ("table1", ("Mask decoder w/o pyramid", "2 (implicit)")),
     ),
+    ("VCR (2 layers) − VCR (1 layer)", ("table1", ("Our VCR", "2")), ("table1", ("Our VCR", "1"))),
+    ("VCR (3 layers) − VCR (2 layers)", ("table1", ("Our VCR", "3")), ("table1", ("Our VCR", "2"))),
     ("HiCLR 3 − bilinear", ("table2", ("Our real pyramid", "3")), ("table2", ("Bilinear", "0"))),
+    ("HiCLR 3 − HiCLR 1", ("table2", ("Our real pyramid", "3")), ("table2", ("Our real pyramid", "1"))),
+    ("HiCLR 4 − HiCLR 3", ("table2", ("Our real pyramid", "4")), ("table2", ("Our real pyramid", "3"))),
     ("HiCLR 3 − mock pyramid", ("table2", ("Our real pyramid", "3")), ("table2", ("Mock pyramid", "2"))),
     (
         "VPNeXt (HiCLR 3) − mask decoder with pyramid (Mask2Former)",
