@@ -145,9 +145,9 @@ def test_workers_left_at_exit_do_not_hang_the_interpreter(tmp_path) -> None:
             """
             import builtins
             from torch.utils.data import DataLoader
-            from vpnext.data.datamodule import _register_worker_cleanup, seed_worker
+            from vpnext.data.workers import register_worker_cleanup, seed_worker
 
-            _register_worker_cleanup()
+            register_worker_cleanup()
             loader = DataLoader(list(range(100)), batch_size=2, num_workers=2, worker_init_fn=seed_worker)
             builtins.kept_alive = iter(loader)
             next(builtins.kept_alive)

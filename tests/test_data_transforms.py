@@ -12,7 +12,6 @@ import torch
 from PIL import Image
 
 from vpnext.data import FolderDataset, seg_collate
-from vpnext.data.datamodule import seed_worker
 from vpnext.data.transforms import (
     IMAGENET_MEAN,
     CatMaxRatioCrop,
@@ -23,6 +22,7 @@ from vpnext.data.transforms import (
     keep_ratio_size,
     photometric_distortion,
 )
+from vpnext.data.workers import seed_worker
 
 
 def test_keep_ratio_size_matches_mmcv_rule() -> None:

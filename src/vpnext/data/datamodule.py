@@ -9,19 +9,13 @@ and scores against the original label. Batches of different sizes are padded by
 
 from __future__ import annotations
 
-import atexit
 import functools
-import multiprocessing
-import os
-import random
-import signal
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader
 
 from vpnext.data.base import CheckLevel, SegmentationDataset, seg_collate
 from vpnext.data.datasets import DATASET_CLASSES, ImageFolderDataset
@@ -30,64 +24,7 @@ from vpnext.data.groups import GroupRule, count_groups, split_by_groups
 from vpnext.data.resume import EpochSeededDataset, ResumableSampler
 from vpnext.data.sampling import EvalDistributedSampler
 from vpnext.data.settings import DataSettings
-from vpnext.schema import PREEMPTION_SIGNALS
-
-
-def _rank() -> int:
-    # Workers are forked after DDP starts, so the launcher's environment names the rank.
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)))
-
-
-def _reseed_transform(dataset: Dataset, seed: int) -> None:
-    transform = getattr(dataset, "transform", None)
-    if transform is not None and hasattr(transform, "set_random_seed"):
-        transform.set_random_seed(seed)
-
-
-def seed_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: give each worker its own augmentation stream.
-
-    Albumentations keeps its own random state inside the pipeline, which forked workers would
-    otherwise all inherit unchanged (identical crops in every worker). ``torch.initial_seed()``
-    differs per worker and per epoch and follows ``seed_everything``; the rank is mixed in so DDP
-    ranks differ too. (Training samples are reseeded per sample on top, see ``vpnext.data.resume``.)
-
-    Workers ignore the pre-emption signals: ``scancel`` signals the whole process group, and the
-    main process, which saves a checkpoint before stopping, still needs its workers for that step.
-    They end with the main process.
-    """
-    for name in PREEMPTION_SIGNALS:
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), signal.SIG_IGN)
-    info = get_worker_info()
-    seed = (torch.initial_seed() + 1_000_003 * _rank()) % 2**32
-    random.seed(seed)
-    np.random.seed(seed)
-    if info is not None:
-        _reseed_transform(info.dataset, seed)
-
-
-def _kill_daemonic_children() -> None:
-    """At interpreter exit, SIGKILL what is left of the DataLoader workers.
-
-    Workers ignore SIGTERM (:func:`seed_worker`), and multiprocessing's own exit handler stops
-    daemonic children with SIGTERM and then joins them: if a loader iterator was not shut down
-    before the interpreter exits (seen after a pre-emption stop, when the exception keeps the
-    iterator alive), that join would wait forever on workers blocked on their index queue.
-    Registered after multiprocessing's handler, so it runs first.
-    """
-    workers = [child for child in multiprocessing.active_children() if child.daemon]
-    if workers and hasattr(signal, "SIGCHLD"):
-        # torch's SIGCHLD handler would report the killed workers as a loader failure.
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    for child in workers:
-        child.kill()
-        child.join(timeout=5)
-
-
-@functools.cache
-def _register_worker_cleanup() -> None:
-    atexit.register(_kill_daemonic_children)
+from vpnext.data.workers import launcher_rank, register_worker_cleanup, seed_worker
 
 
 def _names(value: str | list[str] | None) -> list[str] | None:
@@ -291,7 +228,7 @@ class SegDataModule(DataSettings, L.LightningDataModule):
                 mean=self.mean,
                 std=self.std,
                 # Follows seed_everything for num_workers=0; workers reseed in seed_worker.
-                seed=int(torch.randint(0, 2**31 - 1, ()).item()) + _rank(),
+                seed=int(torch.randint(0, 2**31 - 1, ()).item()) + launcher_rank(),
             )
         else:
             transform = build_eval_transform(self._test_scale, mean=self.mean, std=self.std)  # type: ignore[arg-type]
@@ -360,7 +297,7 @@ class SegDataModule(DataSettings, L.LightningDataModule):
             raise RuntimeError("call setup() with the matching stage before asking for a dataloader")
         workers = self.hparams.num_workers
         if workers:
-            _register_worker_cleanup()
+            register_worker_cleanup()
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -401,11 +338,11 @@ class SegDataModule(DataSettings, L.LightningDataModule):
         if dataset is None:
             raise RuntimeError("call setup('fit') before asking for the training dataloader")
         if workers:
-            _register_worker_cleanup()
+            register_worker_cleanup()
         kwargs = self.trainer.distributed_sampler_kwargs if self.trainer is not None else None
         replicas, rank = (int(kwargs["num_replicas"]), int(kwargs["rank"])) if kwargs else (1, 0)
         # The pipeline's seed follows seed_everything (drawn in _make); the order uses the same one.
-        seed = int(getattr(dataset.transform, "seed", None) or 0) - _rank()
+        seed = int(getattr(dataset.transform, "seed", None) or 0) - launcher_rank()
         sampler = self._train_sampler = ResumableSampler(dataset, replicas, rank, seed=seed)
         # Never drop the only (partial) batch of a dataset smaller than the batch size.
         drop_last = len(sampler) >= batch_size
