@@ -109,7 +109,8 @@ def test_a_missing_library_skips_its_rows_and_says_how_to_install(
     result = peers.run_peers(
         load_model_config([tiny_config]), SIZE, ["backbone", "hf_eomt"], repeats=1, warmup=0
     )
-    assert set(result["rows"]) == {"backbone"} and result["skipped"] == {"hf_eomt": "transformers"}
+    assert set(result["rows"]) == {"backbone"}
+    assert result["skipped"] == {"hf_eomt": "transformers is not installed (pip install 'vpnext[peers]')"}
     assert "hf_eomt        skipped: transformers is not installed (pip install 'vpnext[peers]')" in (
         peers.format_peers(result)
     )
@@ -118,3 +119,22 @@ def test_a_missing_library_skips_its_rows_and_says_how_to_install(
 def test_unknown_row_is_refused(tiny_config: Path) -> None:
     with pytest.raises(ValueError, match="unknown peer 'upernet'"):
         peers.build_peer("upernet", load_model_config([tiny_config]), SIZE)
+
+
+def test_a_peer_that_cannot_be_built_on_the_backbone_is_skipped_with_its_reason(
+    tiny_config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise ValueError("EoMT's config takes a plain MLP; this one's is a SwiGluPacked")
+
+    monkeypatch.setattr(peers, "missing_library", lambda name: None)  # as if installed
+    monkeypatch.setattr(peers, "EoMTPeer", refuse)
+    config = load_model_config([tiny_config])
+    result = peers.run_peers(config, SIZE, ["backbone", "hf_eomt"], repeats=1, warmup=0)
+    assert set(result["rows"]) == {"backbone"}
+    reason = result["skipped"]["hf_eomt"]
+    assert reason.startswith("cannot be built on vit_tiny_patch16_224: ") and reason.endswith("SwiGluPacked")
+    # Our own rows are not skipped: an error building them is a bug and surfaces.
+    monkeypatch.setattr(config, "build", refuse)
+    with pytest.raises(ValueError, match="SwiGluPacked"):
+        peers.run_peers(config, SIZE, ["vpnext"], repeats=1, warmup=0)

@@ -31,7 +31,9 @@ Rows (name: what is built):
   EoMT needs a square input.
 
 ``smp`` and ``transformers`` come with the optional extra ``pip install 'vpnext[peers]'``; rows
-whose library is missing are listed as skipped, the others still run.
+whose library is missing, and rows that cannot be built on the configured backbone (EoMT needs a
+plain-MLP ViT; smp's DPT a ViT its encoder knows), are listed as skipped with the reason, and the
+others still run.
 """
 
 from __future__ import annotations
@@ -144,6 +146,8 @@ class EoMTPeer(nn.Module):
             raise ValueError(f"EoMT needs a square input, got {image_size[0]}x{image_size[1]}")
         vit = timm.create_model(backbone, pretrained=False, num_classes=0)
         block = vit.blocks[0]
+        if not hasattr(block.mlp, "fc1"):
+            raise ValueError(f"EoMT's config takes a plain MLP; {backbone}'s is a {type(block.mlp).__name__}")
         config = EomtConfig(
             hidden_size=vit.embed_dim,
             num_hidden_layers=len(vit.blocks),
@@ -232,12 +236,26 @@ def run_peers(
 
     Returns:
         ``environment``, ``image_size``, ``rows`` (per row: source, median/p90 ms, images/s,
-        ``x_backbone``, GMACs, params in millions, peak MiB) and ``skipped`` (row -> missing library).
+        ``x_backbone``, GMACs, params in millions, peak MiB) and ``skipped`` (row -> why: a missing
+        library, or the error that building it on this backbone raised).
     """
     device = torch.device(device)
     rows = list(rows or PEERS)
-    skipped = {name: lib for name in rows if (lib := missing_library(name))}
-    models = {name: build_peer(name, config, image_size).to(device) for name in rows if name not in skipped}
+    skipped = {
+        name: f"{lib} is not installed (pip install 'vpnext[peers]')"
+        for name in rows
+        if (lib := missing_library(name))
+    }
+    models = {}
+    for name in rows:
+        if name in skipped:
+            continue
+        try:
+            models[name] = build_peer(name, config, image_size).to(device)
+        except (ValueError, TypeError, AttributeError, RuntimeError) as err:
+            if PEERS[name][0] is None:  # our own rows must build
+                raise
+            skipped[name] = f"cannot be built on {config.model_args['backbone']}: {err}"
     images = torch.randn(batch_size, 3, *image_size, device=device)
 
     def call(model: nn.Module) -> Callable[[], Any]:
@@ -301,7 +319,7 @@ def format_peers(result: dict[str, Any]) -> str:
             f"{name:<15}{row['source']:<24}{row['median_ms']:>10.1f}{row['p90_ms']:>9.1f}{ratio:>11}"
             f"{row['gmacs']:>9.2f}{row['params_m']:>10.2f}{row['peak_mem_mb']:>10.1f}"
         )
-    for name, library in result["skipped"].items():
-        lines.append(f"{name:<15}skipped: {library} is not installed (pip install 'vpnext[peers]')")
+    for name, reason in result["skipped"].items():
+        lines.append(f"{name:<15}skipped: {reason}")
     lines.append(f"peak memory: {env['memory_method']}")
     return "\n".join(lines)
