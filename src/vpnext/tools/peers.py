@@ -144,7 +144,8 @@ class EoMTPeer(nn.Module):
 
         if image_size[0] != image_size[1]:
             raise ValueError(f"EoMT needs a square input, got {image_size[0]}x{image_size[1]}")
-        vit = timm.create_model(backbone, pretrained=False, num_classes=0)
+        with torch.device("meta"):  # only its shape is read
+            vit = timm.create_model(backbone, pretrained=False, num_classes=0)
         block = vit.blocks[0]
         if not hasattr(block.mlp, "fc1"):
             raise ValueError(f"EoMT's config takes a plain MLP; {backbone}'s is a {type(block.mlp).__name__}")
