@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import inspect
 import json
 
 import torch
 
-from vpnext.losses import SegmentationLoss
 from vpnext.models.macs import count_macs
+from vpnext.tools.benchmark import training_loss
 from vpnext.tools.model_config import load_model_config
 from vpnext.tools.timing import peak_memory_mb
 
@@ -51,10 +50,7 @@ def main() -> None:
     images = torch.randn(args.batch, 3, 480, 480)
     labels = torch.randint(0, config.model_args["num_classes"], (args.batch, 480, 480))
     fwd_macs = count_macs(model, images[:1], call=model.forward_train).macs
-    loss_args = {
-        k: v for k, v in config.module_args.items() if k in inspect.signature(SegmentationLoss).parameters
-    }
-    criterion = SegmentationLoss(**loss_args)
+    criterion = training_loss(config)
     out = {
         "config": "experiments/vitup.yaml (ViT-L/16 480x480, paper width, VCR-2, HiCLR-3)",
         "batch_per_gpu": args.batch,

@@ -78,13 +78,19 @@ def _inference_fn(module: nn.Module, images: Tensor, bf16: bool, compile_: bool)
     return run
 
 
+def training_loss(config: ModelConfig) -> SegmentationLoss:
+    """The configured training loss: the ``model:`` keys that are :class:`SegmentationLoss` arguments."""
+    args = config.module_args
+    return SegmentationLoss(
+        **{name: args[name] for name in inspect.signature(SegmentationLoss).parameters if name in args}
+    )
+
+
 def _train_fn(
     model: VPNeXt, config: ModelConfig, images: Tensor, labels: Tensor, bf16: bool, compile_: bool
 ) -> Callable[[], None]:
     args = config.module_args
-    criterion = SegmentationLoss(
-        **{name: args[name] for name in inspect.signature(SegmentationLoss).parameters if name in args}
-    )
+    criterion = training_loss(config)
     optimizer = build_optimizer(
         model, args["lr"], args["weight_decay"], args["layer_decay"], args["decoder_lr_mult"]
     )
