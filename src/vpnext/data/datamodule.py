@@ -21,10 +21,12 @@ from vpnext.data.base import CheckLevel, SegmentationDataset, seg_collate
 from vpnext.data.datasets import DATASET_CLASSES, ImageFolderDataset
 from vpnext.data.errors import DatasetError
 from vpnext.data.groups import GroupRule, count_groups, split_by_groups
+from vpnext.data.mixing import MixMode
 from vpnext.data.resume import EpochSeededDataset, ResumableSampler
 from vpnext.data.sampling import EvalDistributedSampler
 from vpnext.data.settings import DataSettings
 from vpnext.data.workers import launcher_rank, register_worker_cleanup, seed_worker
+from vpnext.errors import UserError
 
 
 def _names(value: str | list[str] | None) -> list[str] | None:
@@ -65,6 +67,9 @@ class SegDataModule(DataSettings, L.LightningDataModule):
         photometric: Apply photometric distortion during training: ``True`` with mmseg's ranges,
             ``"strong"`` with wider ones for scenes that differ in lighting (brightness +-64,
             gamma, colour shift; :func:`vpnext.data.transforms.photometric_distortion`).
+        mix: Mix training crops in pairs (:mod:`vpnext.data.mixing`): ``"classmix"`` pastes half
+            of another crop's classes, ``"cutmix"`` a box of it; ``"none"`` (default) does not mix.
+        mix_prob: Share of the training crops that are mixed.
         test_scale: Keep-ratio ``(long, short)`` resize of val/test/predict images; ``None`` uses
             the dataset default.
         test_resize: If False, val/test/predict images keep their native size.
@@ -108,6 +113,8 @@ class SegDataModule(DataSettings, L.LightningDataModule):
         ratio_range: tuple[float, float] = (0.5, 2.0),
         cat_max_ratio: float = 0.75,
         photometric: bool | Literal["strong"] = True,
+        mix: MixMode = "none",
+        mix_prob: float = 0.5,
         test_scale: tuple[int, int] | None = None,
         test_resize: bool = True,
         slide_crop: int | tuple[int, int] | None = None,
@@ -138,6 +145,8 @@ class SegDataModule(DataSettings, L.LightningDataModule):
             std=std,
             normalize_for=normalize_for,
         )
+        if not 0.0 <= mix_prob <= 1.0:
+            raise UserError(f"--data.mix_prob={mix_prob}: a probability, between 0 and 1")
         self.save_hyperparameters()
         self._root: Path | None = None if dataset == "synthetic" else Path(root)  # type: ignore[arg-type]
         self.train_set: SegmentationDataset | None = None
@@ -362,7 +371,7 @@ class SegDataModule(DataSettings, L.LightningDataModule):
             sampler.set_epoch(epoch)
             sampler.resume_at(epoch, skip)
         return DataLoader(
-            EpochSeededDataset(dataset, seed + rank),
+            EpochSeededDataset(dataset, seed + rank, mix=self.hparams.mix, mix_prob=self.hparams.mix_prob),
             batch_size=batch_size,
             sampler=sampler,
             drop_last=drop_last,

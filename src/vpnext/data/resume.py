@@ -9,6 +9,8 @@ nothing has to be carried over from the interrupted process except two numbers:
 * **Augmentation.** It yields ``(epoch, index)`` pairs; :class:`EpochSeededDataset` reseeds the
   augmentation pipeline from ``(seed, epoch, index)`` before each sample. A crop therefore does
   not depend on which worker draws it, how many workers there are, or what ran before.
+  With mixing on (:mod:`vpnext.data.mixing`), the partner crop and the mix are drawn from the
+  same triple, so they are part of the pure function too.
 
 The data module stores ``{"epoch", "batches"}`` (batches of the current epoch already trained
 on, from Lightning's progress counters) in every checkpoint and, on resume, builds the sampler
@@ -22,6 +24,8 @@ from typing import Any
 
 import numpy as np
 from torch.utils.data import Dataset, DistributedSampler
+
+from vpnext.data.mixing import MIX_MODES, MixMode, mix_pair
 
 __all__ = ["EpochSeededDataset", "ResumableSampler", "sample_seed"]
 
@@ -66,23 +70,50 @@ class EpochSeededDataset(Dataset):
     """Wraps a dataset whose ``transform`` has ``set_random_seed`` (albumentations' ``Compose``).
 
     ``dataset[(epoch, index)]`` reseeds the transform with :func:`sample_seed` and returns
-    ``dataset[index]``; a plain ``index`` counts as epoch 0.
+    ``dataset[index]``; a plain ``index`` counts as epoch 0. With ``mix`` on, a share ``mix_prob``
+    of the samples is mixed with a partner crop: another sample of the split (any index, the same
+    one included), augmented with a seed of its own, both drawn from ``(seed, epoch, index)``;
+    ``meta["mix_partner"]`` names the partner's index (``None``: not mixed).
 
     Args:
         dataset: The training dataset.
         seed: Base augmentation seed.
+        mix: ``"none"``, ``"classmix"`` or ``"cutmix"`` (:mod:`vpnext.data.mixing`).
+        mix_prob: Probability that a sample is mixed.
     """
 
-    def __init__(self, dataset: Dataset, seed: int) -> None:
+    def __init__(self, dataset: Dataset, seed: int, mix: MixMode = "none", mix_prob: float = 0.5) -> None:
+        if mix not in MIX_MODES:
+            raise ValueError(f"mix must be one of {', '.join(MIX_MODES)}, got {mix!r}")
+        if not 0.0 <= mix_prob <= 1.0:
+            raise ValueError(f"mix_prob must lie in [0, 1], got {mix_prob}")
         self.dataset = dataset
         self.seed = int(seed)
+        self.mix, self.mix_prob = mix, float(mix_prob)
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getitem__(self, key: Any) -> Any:
         epoch, index = key if isinstance(key, tuple) else (0, key)
+        sample = self._draw(index, sample_seed(self.seed, epoch, index))
+        if self.mix == "none":
+            return sample
+        # A stream of its own (a fourth entry), so turning mixing on leaves every crop as it was.
+        rng = np.random.default_rng([self.seed % 2**32, epoch, index, 1])
+        sample["meta"] = {**sample["meta"], "mix_partner": None}
+        if rng.random() >= self.mix_prob:
+            return sample
+        partner_index = int(rng.integers(len(self)))
+        partner = self._draw(partner_index, int(rng.integers(2**32)))
+        sample["image"], sample["label"] = mix_pair(
+            self.mix, sample["image"], sample["label"], partner["image"], partner["label"], rng
+        )
+        sample["meta"]["mix_partner"] = partner_index
+        return sample
+
+    def _draw(self, index: int, transform_seed: int) -> Any:
         transform = getattr(self.dataset, "transform", None)
         if transform is not None and hasattr(transform, "set_random_seed"):
-            transform.set_random_seed(sample_seed(self.seed, epoch, index))
+            transform.set_random_seed(transform_seed)
         return self.dataset[index]
