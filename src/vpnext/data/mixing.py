@@ -74,9 +74,10 @@ def cut_mix(
     box_h, box_w = int(round(height * side)), int(round(width * side))
     top = int(rng.integers(0, height - box_h + 1))
     left = int(rng.integers(0, width - box_w + 1))
+    box = (slice(top, top + box_h), slice(left, left + box_w))
     image, label = image.clone(), label.clone()
-    image[:, top : top + box_h, left : left + box_w] = partner_image[:, top : top + box_h, left : left + box_w]
-    label[top : top + box_h, left : left + box_w] = partner_label[top : top + box_h, left : left + box_w]
+    image[(slice(None), *box)] = partner_image[(slice(None), *box)]
+    label[box] = partner_label[box]
     return image, label
 
 
