@@ -28,7 +28,7 @@ def tiny_config(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _needs(row: str) -> None:
-    library = peers.PEERS[row][0]
+    library = peers.PEERS[row].library
     if library:
         pytest.importorskip(library)
 

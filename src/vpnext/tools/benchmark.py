@@ -32,7 +32,6 @@ Usage::
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import os
 import statistics
@@ -48,7 +47,15 @@ from vpnext.models import VPNeXt
 from vpnext.models.macs import count_macs
 from vpnext.tools.model_config import ModelConfig, config_parser, load_model_config, write_json
 from vpnext.tools.peers import PEERS, BackboneOnly, format_peers, run_peers
-from vpnext.tools.timing import memory_method, peak_memory_mb, summarize, sync, time_interleaved
+from vpnext.tools.timing import (
+    autocast,
+    inference_call,
+    memory_method,
+    peak_memory_mb,
+    summarize,
+    sync,
+    time_interleaved,
+)
 from vpnext.training.optim import build_optimizer
 from vpnext.training.results import device_name
 
@@ -59,23 +66,9 @@ DEEP_SUPERVISION = {"aux": "deep_supervision", "upsampler": "bilinear"}
 TRAIN_AUX = ("deep_supervision", "vcr")
 
 
-def _autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
-    return torch.autocast(device.type, torch.bfloat16) if bf16 else contextlib.nullcontext()
-
-
 def _seeded(build: Callable[[], nn.Module], device: torch.device) -> nn.Module:
     torch.manual_seed(0)
     return build().to(device)
-
-
-def _inference_fn(module: nn.Module, images: Tensor, bf16: bool, compile_: bool) -> Callable[[], Any]:
-    runner = torch.compile(module) if compile_ else module
-
-    def run() -> Any:
-        with torch.no_grad(), _autocast(images.device, bf16):
-            return runner(images)
-
-    return run
 
 
 def training_loss(config: ModelConfig) -> SegmentationLoss:
@@ -98,7 +91,7 @@ def _train_fn(
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        with _autocast(images.device, bf16):
+        with autocast(images.device, bf16):
             loss = criterion(runner(images), labels)["loss"]
         loss.backward()
         optimizer.step()
@@ -254,7 +247,7 @@ def run_benchmark(
     baseline = _seeded(lambda: config.build(**DEEP_SUPERVISION), device).eval()
     backbone = BackboneOnly(model).eval()
     candidates = {"model": model, "backbone": backbone, "deep_supervision": baseline}
-    fns = {name: _inference_fn(m, images, bf16, compile_) for name, m in candidates.items()}
+    fns = {name: inference_call(m, images, bf16, compile_) for name, m in candidates.items()}
     inference = _measure(fns, repeats, warmup, device, batch_size)
     for name, module in candidates.items():
         inference[name]["gmacs"] = count_macs(module, images[:1]).macs / 1e9

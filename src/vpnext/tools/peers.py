@@ -41,6 +41,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import timm
@@ -52,13 +53,14 @@ from vpnext.models import VPNeXt
 from vpnext.models.layers import pad_to_multiple
 from vpnext.models.macs import count_macs
 from vpnext.tools.model_config import ModelConfig
-from vpnext.tools.timing import memory_method, peak_memory_mb, summarize, time_interleaved
+from vpnext.tools.timing import inference_call, memory_method, peak_memory_mb, summarize, time_interleaved
 from vpnext.training.results import device_name
 
 __all__ = [
     "PEERS",
     "BackboneOnly",
     "EoMTPeer",
+    "Peer",
     "SmpDecoderPeer",
     "ViTMultiLevel",
     "format_peers",
@@ -180,47 +182,60 @@ class BackboneOnly(nn.Module):
         return self.backbone(self.backbone.patch_proj(x))[1]
 
 
-_OURS = {
-    "vpnext": {"decoder": "efficient"},
-    "vpnext_paper": {"decoder": "paper"},
-    "segmenter": {"head": "mask_transformer", "upsampler": "bilinear", "aux": "none"},
-    "mask2former": {"head": "mask2former", "upsampler": "bilinear", "aux": "none"},
-}
+@dataclass(frozen=True)
+class Peer:
+    """One row of the table: the library it needs (``None``: vpnext's own), the label printed in
+    the table's source column, and how it is built from the configuration and the image size."""
 
-#: Row name -> (library that must be importable, or None for vpnext's own; source label).
-PEERS: dict[str, tuple[str | None, str]] = {
-    "backbone": (None, "timm ViT alone"),
-    "vpnext": (None, "vpnext, efficient"),
-    "vpnext_paper": (None, "vpnext, paper width"),
-    "segmenter": (None, "vpnext (Segmenter)"),
-    "mask2former": (None, "vpnext (Mask2Former)"),
-    "smp_upernet": ("segmentation_models_pytorch", "smp UPerNetDecoder"),
-    "smp_segformer": ("segmentation_models_pytorch", "smp SegformerDecoder"),
-    "smp_dpt": ("segmentation_models_pytorch", "smp DPT"),
-    "hf_eomt": ("transformers", "transformers EoMT"),
+    library: str | None
+    source: str
+    build: Callable[[ModelConfig, tuple[int, int]], nn.Module]
+
+
+def _ours(**switches: str) -> Callable[[ModelConfig, tuple[int, int]], nn.Module]:
+    return lambda config, image_size: config.build(**switches)
+
+
+def _args(config: ModelConfig, image_size: tuple[int, int]) -> tuple[str, tuple[int, int], int]:
+    """What a library row is built from: the timm ViT's name, the image size, the classes."""
+    return config.model_args["backbone"], image_size, config.model_args["num_classes"]
+
+
+_SMP = "segmentation_models_pytorch"
+
+#: Every row of ``vpnext benchmark --peers``, in the order of the table.
+PEERS: dict[str, Peer] = {
+    "backbone": Peer(None, "timm ViT alone", lambda c, size: BackboneOnly(c.build(decoder="efficient"))),
+    "vpnext": Peer(None, "vpnext, efficient", _ours(decoder="efficient")),
+    "vpnext_paper": Peer(None, "vpnext, paper width", _ours(decoder="paper")),
+    "segmenter": Peer(
+        None, "vpnext (Segmenter)", _ours(head="mask_transformer", upsampler="bilinear", aux="none")
+    ),
+    "mask2former": Peer(
+        None, "vpnext (Mask2Former)", _ours(head="mask2former", upsampler="bilinear", aux="none")
+    ),
+    "smp_upernet": Peer(
+        _SMP, "smp UPerNetDecoder", lambda c, size: SmpDecoderPeer("upernet", *_args(c, size))
+    ),
+    "smp_segformer": Peer(
+        _SMP, "smp SegformerDecoder", lambda c, size: SmpDecoderPeer("segformer", *_args(c, size))
+    ),
+    "smp_dpt": Peer(_SMP, "smp DPT", lambda c, size: _smp_dpt(*_args(c, size))),
+    "hf_eomt": Peer("transformers", "transformers EoMT", lambda c, size: EoMTPeer(*_args(c, size))),
 }
 
 
 def build_peer(name: str, config: ModelConfig, image_size: tuple[int, int]) -> nn.Module:
     """Build row ``name`` of :data:`PEERS` for ``config``'s backbone and classes (seed 0, eval)."""
-    backbone, classes = config.model_args["backbone"], config.model_args["num_classes"]
-    torch.manual_seed(0)
-    builders: dict[str, Callable[[], nn.Module]] = {
-        "backbone": lambda: BackboneOnly(config.build(decoder="efficient")),
-        **{row: (lambda row=row: config.build(**_OURS[row])) for row in _OURS},
-        "smp_upernet": lambda: SmpDecoderPeer("upernet", backbone, image_size, classes),
-        "smp_segformer": lambda: SmpDecoderPeer("segformer", backbone, image_size, classes),
-        "smp_dpt": lambda: _smp_dpt(backbone, image_size, classes),
-        "hf_eomt": lambda: EoMTPeer(backbone, image_size, classes),
-    }
-    if name not in builders:
+    if name not in PEERS:
         raise ValueError(f"unknown peer {name!r}; choose from {', '.join(PEERS)}")
-    return builders[name]().eval()
+    torch.manual_seed(0)
+    return PEERS[name].build(config, image_size).eval()
 
 
 def missing_library(name: str) -> str | None:
     """The library row ``name`` needs and that is not installed, else ``None``."""
-    library = PEERS[name][0]
+    library = PEERS[name].library
     return library if library and importlib.util.find_spec(library) is None else None
 
 
@@ -254,24 +269,17 @@ def run_peers(
         try:
             models[name] = build_peer(name, config, image_size).to(device)
         except (ValueError, TypeError, AttributeError, RuntimeError) as err:
-            if PEERS[name][0] is None:  # our own rows must build
+            if PEERS[name].library is None:  # our own rows must build
                 raise
             skipped[name] = f"cannot be built on {config.model_args['backbone']}: {err}"
     images = torch.randn(batch_size, 3, *image_size, device=device)
 
-    def call(model: nn.Module) -> Callable[[], Any]:
-        def run() -> Any:
-            with torch.no_grad():
-                return model(images)
-
-        return run
-
-    fns = {name: call(model) for name, model in models.items()}
+    fns = {name: inference_call(model, images) for name, model in models.items()}
     times = time_interleaved(fns, repeats, warmup, device)
     result_rows = {}
     for name, model in models.items():
         result_rows[name] = {
-            "source": PEERS[name][1],
+            "source": PEERS[name].source,
             **summarize(times[name], batch_size),
             "gmacs": count_macs(model, images[:1]).macs / 1e9,
             "params_m": sum(p.numel() for p in model.parameters()) / 1e6,

@@ -1,6 +1,7 @@
 """Timing and peak memory for benchmarks: interleaved rounds (every candidate once per round, in
 rotating order, so that load from other processes hits all alike), medians and p90, and the most
-tensor memory one call holds."""
+tensor memory one call holds; the timed inference call itself (no grad, optional bf16 autocast
+and ``torch.compile``)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,33 @@ from typing import Any
 
 import torch
 
-__all__ = ["memory_method", "peak_memory_mb", "summarize", "sync", "time_interleaved"]
+__all__ = [
+    "autocast",
+    "inference_call",
+    "memory_method",
+    "peak_memory_mb",
+    "summarize",
+    "sync",
+    "time_interleaved",
+]
+
+
+def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on ``device`` when ``bf16``, else nothing."""
+    return torch.autocast(device.type, torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+def inference_call(
+    module: torch.nn.Module, images: torch.Tensor, bf16: bool = False, compile_: bool = False
+) -> Callable[[], Any]:
+    """A no-argument call of ``module`` on ``images`` without gradients (what is timed)."""
+    runner = torch.compile(module) if compile_ else module
+
+    def run() -> Any:
+        with torch.no_grad(), autocast(images.device, bf16):
+            return runner(images)
+
+    return run
 
 
 def sync(device: torch.device) -> None:
