@@ -240,6 +240,7 @@ PAIRS: list[tuple[str, Cell, Cell]] = [
     ("HiCLR 3 − bilinear", ("table2", ("Our real pyramid", "3")), ("table2", ("Bilinear", "0"))),
     ("HiCLR 3 − HiCLR 1", ("table2", ("Our real pyramid", "3")), ("table2", ("Our real pyramid", "1"))),
     ("HiCLR 4 − HiCLR 3", ("table2", ("Our real pyramid", "4")), ("table2", ("Our real pyramid", "3"))),
+    ("HiCLR 5 − HiCLR 4", ("table2", ("Our real pyramid", "5")), ("table2", ("Our real pyramid", "4"))),
     ("HiCLR 3 − mock pyramid", ("table2", ("Our real pyramid", "3")), ("table2", ("Mock pyramid", "2"))),
     (
         "VPNeXt (HiCLR 3) − mask decoder with pyramid (Mask2Former)",
