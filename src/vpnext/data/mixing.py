@@ -19,7 +19,7 @@ resumed run continues it exactly (:mod:`vpnext.data.resume`).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ from vpnext.data.catalog import IGNORE_INDEX
 __all__ = ["MIX_MODES", "MixMode", "class_mix", "cut_mix", "mix_pair"]
 
 MixMode = Literal["none", "classmix", "cutmix"]
-MIX_MODES: tuple[str, ...] = ("none", "classmix", "cutmix")
+MIX_MODES: tuple[str, ...] = get_args(MixMode)
 
 
 def class_mix(
