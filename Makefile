@@ -7,6 +7,7 @@ install:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
 	$(BIN)/pip install -e '.[dev]'
+	$(BIN)/python -m vpnext.ops.native   # compiles the native CPU kernel now (once; skipped without a compiler)
 
 # pytest in two worker processes (one thread each), one test module (or the group of multi-process
 # modules, tests/conftest.py) per worker at a time.

@@ -174,8 +174,13 @@ class HiCLR(nn.Module):
             raise RuntimeError("HiCLR needs the hidden stride-4 pyramid feature")
         h = upsample_to(self.lateral(y), tuple(pyramid.shape[-2:]))
         u = pyramid
+        if not torch.is_grad_enabled():
+            # Inference runs the loop channels-last, the layout the deformable conv samples from
+            # (its native kernel reads the rows in place). Training stays NCHW, so that a training
+            # run computes exactly what it did before; the values agree to float rounding.
+            u = u.contiguous(memory_format=torch.channels_last)
         for step, context_offsets in zip(
             self.steps, self.context_offsets(h).chunk(len(self.steps), 1), strict=True
         ):
             u = step(u, context_offsets)
-        return self.fuse(torch.cat([u, h], 1))
+        return self.fuse(torch.cat([u.contiguous(), h], 1))

@@ -19,20 +19,24 @@ Implementations (``impl``):
 - ``"torchvision"``: ``torchvision.ops.deform_conv2d``.
 - :func:`deform_conv3x3_aten`, not a switch: the ``"grid_sample"`` path without the custom op,
   for exporting the model (``vpnext export``).
-- ``"auto"``: ``"embedding_bag"`` on CPU, where it measured fastest
-  (``scripts/bench_deform_conv.py``); ``"torchvision"`` elsewhere (other devices were not
-  measured).
+- ``"native"``: the forward of :mod:`vpnext.ops.native` (C++, CPU float32: each block of output
+  rows sampled straight into a cache-sized buffer and multiplied there, no gather table; compiled
+  on first use), the backward of ``"embedding_bag"``.
+- ``"auto"``: on CPU, ``"native"`` where no gradient is needed (inference, evaluation; not under
+  ``torch.compile``) and the kernel is built, else ``"embedding_bag"``, the fastest PyTorch path
+  measured (``scripts/bench_deform_conv.py``), so that training computes exactly what it did before
+  the kernel existed; ``"torchvision"`` on other devices (not measured).
 
-The two sampling implementations are one ``torch.library`` op, ``vpnext::deform_conv3x3``, so
-``torch.utils.flop_counter.FlopCounterMode`` sees one op and counts it with
-:func:`deform_conv_macs`. Its backward recomputes the sampled columns with autograd instead of
+The sampling implementations (all but ``"torchvision"``) are one ``torch.library`` op,
+``vpnext::deform_conv3x3``, so ``torch.utils.flop_counter.FlopCounterMode`` sees one op and counts
+it with :func:`deform_conv_macs`. Its backward recomputes the sampled columns with autograd instead of
 keeping them from the forward (less memory, one extra gather), so double backward is not
 supported. The op has a fake implementation and its autograd formula traces, so ``torch.compile``
 keeps the whole model in one graph with the op as an opaque call (no graph break; tested in
 ``tests/test_compile.py``).
 Under ``torch.autocast`` it computes in float32 and returns float32. The ``"embedding_bag"``
-path returns its output in the input's memory layout: a channels-last input (what HiCLR passes)
-gets a channels-last output straight from the GEMM rows, with no layout copy.
+and ``"native"`` paths return their output in the input's memory layout: a channels-last input
+(what HiCLR passes) gets a channels-last output straight from the GEMM rows, with no layout copy.
 """
 
 from __future__ import annotations
@@ -47,7 +51,9 @@ import torchvision
 from torch import Tensor, nn
 from torch.utils.flop_counter import register_flop_formula
 
-DeformImpl = Literal["auto", "embedding_bag", "grid_sample", "torchvision"]
+from vpnext.ops import native
+
+DeformImpl = Literal["auto", "embedding_bag", "grid_sample", "native", "torchvision"]
 """Implementation switch of :func:`deform_conv3x3` (see the module docstring)."""
 
 _TAPS = 9
@@ -125,6 +131,18 @@ def _embedding_bag_forward(x: Tensor, offset: Tensor, weight: Tensor, bias: Tens
         else:
             torch.addmm(bias, cols, matrix_t, out=out[block])
     return _in_layout_of(x, out.view(batch, height, width, -1).permute(0, 3, 1, 2))
+
+
+_NATIVE_BLOCK_BYTES = 1 << 20
+"""Columns per thread and GEMM in the native forward (a 1 MiB buffer that stays in cache)."""
+
+
+def _native_forward(x: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    kernel = native.deform_conv3x3()
+    if kernel is None:
+        raise RuntimeError(f"impl='native': the native kernel is off ({native.ENV}=0) or failed to build")
+    block = max(16, _NATIVE_BLOCK_BYTES // (_TAPS * x.shape[1] * 4))
+    return _in_layout_of(x, kernel.forward(x, offset, weight, bias, block))
 
 
 def _channels_last(x: Tensor) -> bool:
@@ -215,6 +233,7 @@ class _Impl(NamedTuple):
 
 _IMPLS = {
     "embedding_bag": _Impl(_embedding_bag_forward, _embedding_bag_backward),
+    "native": _Impl(_native_forward, _embedding_bag_backward),
     "grid_sample": _Impl(_grid_sample_forward, _grid_sample_backward),
 }
 
@@ -223,14 +242,14 @@ _IMPLS = {
 def _deform_conv3x3_op(
     x: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None, sampler: str
 ) -> Tensor:
-    """One op for ``FlopCounterMode``; ``sampler`` is ``"embedding_bag"`` or ``"grid_sample"``."""
+    """One op for ``FlopCounterMode``; ``sampler`` is a key of ``_IMPLS``."""
     return _IMPLS[sampler].forward(x, offset, weight, bias)
 
 
 @_deform_conv3x3_op.register_fake
 def _(x: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None, sampler: str) -> Tensor:
     out = x.new_empty(x.shape[0], weight.shape[0], *x.shape[2:])
-    return _in_layout_of(x, out) if sampler == "embedding_bag" else out
+    return _in_layout_of(x, out) if sampler in ("embedding_bag", "native") else out
 
 
 def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: Tensor) -> None:
@@ -288,9 +307,23 @@ def resolve_impl(impl: DeformImpl, device: torch.device) -> str:
     """The concrete implementation ``"auto"`` stands for on ``device`` (others pass through)."""
     if impl == "auto":
         return "embedding_bag" if device.type == "cpu" else "torchvision"
-    if impl not in ("embedding_bag", "grid_sample", "torchvision"):
+    if impl not in ("embedding_bag", "grid_sample", "native", "torchvision"):
         raise ValueError(f"unknown deformable conv impl {impl!r}")
     return impl
+
+
+def _native_applies(x: Tensor, offset: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
+    """Whether ``"auto"`` on CPU runs the native forward: no gradient needed, float32 (or autocast,
+    which casts the op's inputs to float32), not inside ``torch.compile`` (whose graphs keep the
+    PyTorch path: the kernel's loader is not traceable), and the kernel built."""
+    if torch.compiler.is_compiling():
+        return False
+    tensors = [t for t in (x, offset, weight, bias) if t is not None]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False
+    if not (all(t.dtype == torch.float32 for t in tensors) or torch.is_autocast_enabled("cpu")):
+        return False
+    return native.deform_conv3x3() is not None
 
 
 def deform_conv3x3(
@@ -314,6 +347,8 @@ def deform_conv3x3(
     if offset.shape != (x.shape[0], 2 * _TAPS, *x.shape[2:]):
         raise ValueError(f"offset {tuple(offset.shape)} must be (B, 18, H, W) for x {tuple(x.shape)}")
     concrete = resolve_impl(impl, x.device)
+    if impl == "auto" and concrete == "embedding_bag" and _native_applies(x, offset, weight, bias):
+        concrete = "native"
     if concrete == "torchvision":
         return torchvision.ops.deform_conv2d(x, offset, weight, bias, padding=1)
     return _deform_conv3x3_op(x, offset, weight, bias, concrete)
