@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
@@ -114,18 +115,43 @@ def test_switched_off_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
             deform_conv3x3(x, offset, weight, bias, impl="native")
 
 
-def test_a_failed_build_warns_once_and_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
-    def no_compiler(announce: bool = True) -> None:
-        raise RuntimeError("Ninja is required to load C++ extensions\nand more lines")
+@pytest.mark.parametrize(
+    ("message", "reason"),
+    [
+        ("Ninja is required to load C++ extensions\nmore lines", "Ninja is required to load C++ extensions)"),
+        (
+            "Error building extension 'k': [1/2] c++ -MMD -O3 ... 200 lines of compiler output",
+            "Error building extension 'k'; `python -m vpnext.ops.native` shows the compiler's output)",
+        ),
+    ],
+    ids=["first_line", "compiler_output_left_out"],
+)
+def test_a_failed_build_warns_once_in_one_line_and_falls_back(
+    message: str, reason: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing(announce: bool = True) -> None:
+        raise RuntimeError(message)
 
-    monkeypatch.setattr(native, "build", no_compiler)
-    reason = "could not be built \\(Ninja is required to load C\\+\\+ extensions\\)"  # its first line only
-    with pytest.warns(RuntimeWarning, match=reason):
+    monkeypatch.setattr(native, "build", failing)
+    with pytest.warns(RuntimeWarning) as caught:
         assert native.deform_conv3x3() is None
+    assert len(caught) == 1 and f"could not be built ({reason}; using" in str(caught[0].message)
     x, offset, weight, bias = _inputs()
     with torch.no_grad():
         out = deform_conv3x3(x, offset, weight, bias)  # no second warning: the answer is kept
     torch.testing.assert_close(out, torchvision.ops.deform_conv2d(x, offset, weight, bias, padding=1))
+
+
+def test_no_compiler_is_named_before_anything_is_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))  # nothing cached there
+    monkeypatch.setenv("CXX", "no-such-c++")
+    with pytest.warns(RuntimeWarning, match=r"built \(no C\+\+ compiler \(no-such-c\+\+\) on PATH\)"):
+        assert native.deform_conv3x3() is None
+    assert native.main() == 0  # `make install` goes on without the kernel
+    assert "not built (no C++ compiler (no-such-c++) on PATH)" in capsys.readouterr().out
+    assert not list(tmp_path.rglob("*.so"))
 
 
 def test_hiclr_inference_equals_its_training_path() -> None:

@@ -19,13 +19,17 @@ the baseline SSE2 build (measured; docs/benchmarks.md).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.util
 import logging
 import os
+import shutil
 import sys
+import sysconfig
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -70,6 +74,20 @@ def _build_target() -> tuple[str, Path, list[str]]:
     return name, _cache_root() / "vpnext" / name, flags
 
 
+@contextlib.contextmanager
+def _ninja_on_path() -> Iterator[None]:
+    """cpp_extension runs ``ninja`` from PATH; the ``ninja`` package installs it next to this
+    interpreter's scripts, which are not on PATH when ``.venv/bin/vpnext`` runs unactivated."""
+    scripts = sysconfig.get_path("scripts")
+    old = os.environ.get("PATH", "")
+    if shutil.which("ninja") is None and scripts:
+        os.environ["PATH"] = os.pathsep.join([scripts, old])
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = old
+
+
 def build(announce: bool = True) -> ModuleType:
     """The deformable-conv kernel's module: loaded from the cache, else compiled first; raises on failure.
 
@@ -79,6 +97,9 @@ def build(announce: bool = True) -> ModuleType:
     name, folder, flags = _build_target()
     library = folder / f"{name}.so"
     if not library.is_file():
+        compiler = os.environ.get("CXX", "c++")
+        if shutil.which(compiler) is None:
+            raise RuntimeError(f"no C++ compiler ({compiler}) on PATH")
         if announce:
             print(
                 f"vpnext: compiling the native CPU deformable conv (once, about a minute; cached in "
@@ -91,9 +112,9 @@ def build(announce: bool = True) -> ModuleType:
         from torch.utils import cpp_extension
 
         folder.mkdir(parents=True, exist_ok=True)
-        cpp_extension.load(
-            name=name, sources=[str(_SOURCE)], extra_cflags=flags, build_directory=str(folder), verbose=False
-        )
+        with _ninja_on_path():
+            sources = [str(_SOURCE)]
+            cpp_extension.load(name, sources, extra_cflags=flags, build_directory=str(folder), verbose=False)
     # Loading the file directly skips cpp_extension's up-to-date check (a ninja run, ~1 s a process).
     spec = importlib.util.spec_from_file_location(name, library)
     if spec is None or spec.loader is None:
@@ -101,6 +122,14 @@ def build(announce: bool = True) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _reason(error: Exception) -> str:
+    """One short line: a failed compile's message carries the whole compiler command and output."""
+    text = str(error).strip()
+    if text.startswith("Error building extension"):
+        return f"{text.split(':', 1)[0]}; `python -m vpnext.ops.native` shows the compiler's output"
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 @functools.cache
@@ -115,10 +144,9 @@ def deform_conv3x3() -> ModuleType | None:
     try:
         return build()
     except Exception as error:  # no compiler, no ninja, a compile error: fall back, say why once
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         warnings.warn(
-            f"vpnext: the native CPU deformable conv could not be built ({reason}); using the PyTorch "
-            f"implementation (same values, slower). {ENV}=0 skips the attempt.",
+            f"vpnext: the native CPU deformable conv could not be built ({_reason(error)}); using the "
+            f"PyTorch implementation (same values, slower). {ENV}=0 skips the attempt.",
             RuntimeWarning,
             stacklevel=2,
         )
@@ -132,8 +160,8 @@ def main() -> int:
         return 0
     try:
         module = build()
-    except Exception as error:
-        print(f"vpnext: native CPU kernels not built ({error}); the PyTorch implementations will be used")
+    except Exception as error:  # the compiler's own output, if any, is already on the terminal
+        print(f"vpnext: native CPU kernels not built ({_reason(error)}); PyTorch implementations are used")
         return 0
     print(f"vpnext: native CPU kernels ready ({module.__file__})")
     return 0
