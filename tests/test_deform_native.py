@@ -129,7 +129,7 @@ def test_switched_off_by_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_a_failed_build_warns_once_in_one_line_and_falls_back(
     message: str, reason: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def failing(announce: bool = True) -> None:
+    def failing() -> None:
         raise RuntimeError(message)
 
     monkeypatch.setattr(native, "build", failing)

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, get_args
 
 import torch
 import torch.nn.functional as F
@@ -307,7 +307,7 @@ def resolve_impl(impl: DeformImpl, device: torch.device) -> str:
     """The concrete implementation ``"auto"`` stands for on ``device`` (others pass through)."""
     if impl == "auto":
         return "embedding_bag" if device.type == "cpu" else "torchvision"
-    if impl not in ("embedding_bag", "grid_sample", "native", "torchvision"):
+    if impl not in get_args(DeformImpl):
         raise ValueError(f"unknown deformable conv impl {impl!r}")
     return impl
 

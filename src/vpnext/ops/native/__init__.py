@@ -88,25 +88,21 @@ def _ninja_on_path() -> Iterator[None]:
         os.environ["PATH"] = old
 
 
-def build(announce: bool = True) -> ModuleType:
-    """The deformable-conv kernel's module: loaded from the cache, else compiled first; raises on failure.
-
-    Args:
-        announce: Print one line to stderr before compiling.
-    """
+def build() -> ModuleType:
+    """The deformable-conv kernel's module: loaded from the cache, else compiled first (one line on
+    stderr says so); raises on failure."""
     name, folder, flags = _build_target()
     library = folder / f"{name}.so"
     if not library.is_file():
         compiler = os.environ.get("CXX", "c++")
         if shutil.which(compiler) is None:
             raise RuntimeError(f"no C++ compiler ({compiler}) on PATH")
-        if announce:
-            print(
-                f"vpnext: compiling the native CPU deformable conv (once, about a minute; cached in "
-                f"{folder.parent}; {ENV}=0 skips it)",
-                file=sys.stderr,
-                flush=True,
-            )
+        print(
+            f"vpnext: compiling the native CPU deformable conv (once, about a minute; cached in "
+            f"{folder.parent}; {ENV}=0 skips it)",
+            file=sys.stderr,
+            flush=True,
+        )
         # cpp_extension logs a CUDA_HOME notice at import on CPU-only machines; not ours to show.
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         from torch.utils import cpp_extension
