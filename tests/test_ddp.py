@@ -25,6 +25,7 @@ from vpnext.tools import report
 VAL_IMAGES = 7
 ARGS = [*SMALL_RUN_ARGS, f"--data.synthetic_kwargs={{num_train: 8, num_val: {VAL_IMAGES}, image_size: 64}}"]
 DDP = ["--trainer.strategy=ddp", "--trainer.accelerator=cpu"]
+DEVICES = 3
 SINGLE = ["--trainer.devices=1", "--trainer.strategy=auto"]
 #: The distributed evaluation checked against one process: ``vpnext test`` (test_step) with the
 #: heaviest protocol, multi-scale + flip where each scaled image is scored by sliding windows of 48 at
@@ -70,30 +71,34 @@ def coverage(results: dict) -> dict:
 
 @pytest.fixture(scope="module")
 def ddp_fit(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-process fit (8 train / 7 val images); its validations run on 4 + 3 images."""
+    """A 3-process fit (8 train / 7 val images) whose validation runs ``EVAL_PROTOCOL`` on 3 + 2 + 2
+    images: the uneven split, the heaviest protocol and training under DDP in one launch."""
     data, root = tmp_path_factory.mktemp("data"), tmp_path_factory.mktemp("runs")
-    run_ddp(["fit", *ARGS, f"--data.root={data}", f"--run.root={root}", "--run.name=ddp"], devices=2)
-    return only_run_dir(root / "ddp", "_fit")  # both ranks wrote into one run directory
+    args = ["fit", *ARGS, *EVAL_PROTOCOL, f"--data.root={data}", f"--run.root={root}", "--run.name=ddp"]
+    run_ddp(args, devices=DEVICES)
+    return only_run_dir(root / "ddp", "_fit")  # every rank wrote into one run directory
 
 
 @pytest.fixture(scope="module")
 def single_process(ddp_fit: Path) -> dict:
-    """results.json of one process scoring ``last.ckpt`` of the DDP fit with ``EVAL_PROTOCOL``."""
+    """results.json of one process running ``vpnext test`` on ``last.ckpt`` of the DDP fit (the
+    fit's config: ``EVAL_PROTOCOL``; synthetic data tests on its val split)."""
     ckpt = ddp_fit / "checkpoints" / "last.ckpt"
     args = ["test", "--config", str(ddp_fit / "config.yaml"), *SINGLE, "--run.name=single_test"]
     with one_thread():
-        assert main([*args, *EVAL_PROTOCOL, "--ckpt_path", str(ckpt)]) == 0
+        assert main([*args, "--ckpt_path", str(ckpt)]) == 0
     return read_json(only_run_dir(ddp_fit.parent.parent / "single_test", "_test") / "results.json")
 
 
 @pytest.mark.slow
 def test_ddp_fit_validates_every_image_once(ddp_fit: Path) -> None:
     distributed = read_json(ddp_fit / "results.json")
-    assert distributed["world_size"] == 2
-    assert distributed["optimizer_steps"] == 2 and distributed["images_seen"] == 2 * 4 * 2
+    assert distributed["world_size"] == DEVICES
+    # 8 training images over 3 ranks: 3 each (the training sampler pads), one batch per epoch.
+    assert distributed["optimizer_steps"] == 2 and distributed["images_seen"] == 2 * 3 * DEVICES
     assert coverage(distributed) == FULL_SPLIT
 
-    # The default protocol of the fit's validation, on one process: the same counts, to the bit.
+    # The fit's last validation, scored again by one process: the same counts, to the bit.
     ckpt = ddp_fit / "checkpoints" / "last.ckpt"
     with one_thread():
         assert (
@@ -102,32 +107,20 @@ def test_ddp_fit_validates_every_image_once(ddp_fit: Path) -> None:
         )
     single = read_json(only_run_dir(ddp_fit.parent, "_validate") / "results.json")
     assert single["world_size"] == 1 and coverage(single) == FULL_SPLIT
+    assert single["evaluation"] == distributed["evaluation"]
     assert single["mIoU"] == distributed["mIoU"]
     assert single["per_class_iou"] == distributed["per_class_iou"]
 
 
-# Three ranks over 7 images (an uneven split: one rank pads). Two ranks over the default protocol are
-# the fit's own validation (test_ddp_fit_validates_every_image_once), and which rank gets which image
-# is covered by the sampler's unit tests (test_data_sampling.py).
+# Three ranks over 7 images (an uneven split: no rank pads) with multi-scale + flip and sliding
+# windows. ``vpnext test`` and the fit's validation share one scoring path (``_score_batch`` and
+# ``_log_split``), so the distributed figures are checked against one process's ``test``; which rank
+# gets which image is covered by the sampler's unit tests (test_data_sampling.py).
 @pytest.mark.slow
 def test_ddp_evaluation_equals_single_process(ddp_fit: Path, single_process: dict) -> None:
-    devices, name = 3, "ddp3_test"
-    ckpt = ddp_fit / "checkpoints" / "last.ckpt"
-    run_ddp(
-        [
-            "test",
-            "--config",
-            str(ddp_fit / "config.yaml"),
-            *EVAL_PROTOCOL,
-            f"--run.name={name}",
-            "--ckpt_path",
-            str(ckpt),
-        ],
-        devices,
-    )
-    distributed = read_json(only_run_dir(ddp_fit.parent.parent / name, "_test") / "results.json")
+    distributed = read_json(ddp_fit / "results.json")
 
-    assert distributed["world_size"] == devices and distributed["evaluation"] == single_process["evaluation"]
+    assert distributed["world_size"] == DEVICES and distributed["evaluation"] == single_process["evaluation"]
     assert distributed["evaluation"]["mode"] == "ms_flip" and distributed["evaluation"]["window"] == "slide"
     assert coverage(distributed) == coverage(single_process) == FULL_SPLIT
     assert distributed["mIoU"] == single_process["mIoU"]  # exact: integer counts summed over ranks
