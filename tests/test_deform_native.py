@@ -59,6 +59,21 @@ def test_the_kernel_builds() -> None:
     assert native.deform_conv3x3() is not None
 
 
+@pytest.mark.skipif(not torch.backends.openmp.is_available(), reason="torch runs without OpenMP here")
+def test_the_kernel_samples_on_all_of_torchs_threads() -> None:
+    """Built without OpenMP, ``at::parallel_for`` is a plain loop: the sampling would run on one
+    thread whatever ``torch.set_num_threads`` says (it did until 2026-12-06)."""
+    kernel = native.build()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert kernel.parallel_threads(64) == 2
+        torch.set_num_threads(1)
+        assert kernel.parallel_threads(64) == 1
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
 @pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no_bias"])
 @pytest.mark.parametrize(

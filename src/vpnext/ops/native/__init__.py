@@ -14,7 +14,8 @@ Where it cannot be built, the PyTorch implementation is used and one warning say
 
 On x86 CPUs that have AVX2 (``torch.backends.cpu.get_cpu_capability()``), the kernel is compiled
 with ``-mavx2 -mfma``: the four-corner blend then runs 8 floats at a time, about twice as fast as
-the baseline SSE2 build (measured; docs/benchmarks.md).
+the baseline SSE2 build (measured; docs/benchmarks.md). Where torch runs on OpenMP (its Linux
+wheels) the kernel is compiled with ``-fopenmp``, so that its blocks run on torch's threads.
 """
 
 from __future__ import annotations
@@ -61,12 +62,19 @@ def _cache_root() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "torch_extensions"
 
 
+def _openmp() -> list[str]:
+    """``-fopenmp`` where torch itself runs on OpenMP (Linux wheels): without it ``at::parallel_for``
+    compiles to a plain loop and the kernel samples on one thread. The extension then shares the
+    OpenMP runtime torch has loaded (``libgomp.so.1``, bundled with the wheel) and its thread count."""
+    return ["-fopenmp"] if sys.platform.startswith("linux") and torch.backends.openmp.is_available() else []
+
+
 def _build_target() -> tuple[str, Path, list[str]]:
     """Module name, build folder and compiler flags. The name carries a hash of everything the
     binary depends on (source, flags, torch and Python versions): a changed input is a new build,
     and an existing file of that name is up to date."""
     suffix, isa_flags = _isa()
-    flags = ["-O3", *isa_flags]
+    flags = ["-O3", *isa_flags, *_openmp()]
     versions = (" ".join(flags), torch.__version__, sys.version)
     inputs = [_SOURCE.read_bytes(), *(text.encode() for text in versions)]
     key = hashlib.sha256(b"\0".join(inputs)).hexdigest()[:16]
@@ -110,7 +118,14 @@ def build() -> ModuleType:
         folder.mkdir(parents=True, exist_ok=True)
         with _ninja_on_path():
             sources = [str(_SOURCE)]
-            cpp_extension.load(name, sources, extra_cflags=flags, build_directory=str(folder), verbose=False)
+            cpp_extension.load(
+                name,
+                sources,
+                extra_cflags=flags,
+                extra_ldflags=[f for f in flags if f == "-fopenmp"],
+                build_directory=str(folder),
+                verbose=False,
+            )
     # Loading the file directly skips cpp_extension's up-to-date check (a ninja run, ~1 s a process).
     spec = importlib.util.spec_from_file_location(name, library)
     if spec is None or spec.loader is None:

@@ -16,6 +16,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <mutex>
+#include <set>
 #include <vector>
 
 namespace {
@@ -100,6 +102,20 @@ torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& offset, const
   return out.view({batch, height, width, out_channels}).permute({0, 3, 1, 2});
 }
 
+// How many threads at::parallel_for spreads `tasks` one-item tasks over in this build: torch's thread
+// count where the extension was compiled with OpenMP (torch's backend), 1 where it was not, since
+// at::parallel_for then compiles to a plain loop.
+int64_t parallel_threads(int64_t tasks) {
+  std::mutex mutex;
+  std::set<int> seen;
+  at::parallel_for(0, tasks, 1, [&](int64_t, int64_t) {
+    const std::lock_guard<std::mutex> lock(mutex);
+    seen.insert(at::get_thread_num());
+  });
+  return static_cast<int64_t>(seen.size());
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "vpnext::deform_conv3x3 forward, CPU float32 (sampling fused with the GEMM)");
+  m.def("parallel_threads", &parallel_threads, "threads at::parallel_for uses for `tasks` tasks");
 }
