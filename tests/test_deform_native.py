@@ -59,6 +59,23 @@ def test_the_kernel_builds() -> None:
     assert native.deform_conv3x3() is not None
 
 
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_many_blocks_on_two_threads_under_no_grad_and_inference_mode(mode: str) -> None:
+    """Validation runs under ``torch.inference_mode``: the threads that write the blocks' rows must
+    run under it too (an inference tensor cannot be written outside it)."""
+    x, offset, weight, bias = _inputs(batch=1, channels=48, size=(64, 64), out=48)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with getattr(torch, mode)():
+            out = deform_conv3x3(x, offset, weight, bias, impl="native")
+            assert out.shape == (1, 48, 64, 64) and out.is_inference() == (mode == "inference_mode")
+    finally:
+        torch.set_num_threads(threads)
+    expected = torchvision.ops.deform_conv2d(x, offset, weight, bias, padding=1)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.skipif(not torch.backends.openmp.is_available(), reason="torch runs without OpenMP here")
 def test_the_kernel_samples_on_all_of_torchs_threads() -> None:
     """Built without OpenMP, ``at::parallel_for`` is a plain loop: the sampling would run on one

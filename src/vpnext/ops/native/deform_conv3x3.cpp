@@ -13,6 +13,7 @@
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 
 #include <algorithm>
 #include <cmath>
@@ -85,7 +86,12 @@ torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& offset, const
   const std::vector<float> zeros(channels, 0.f);
   const float* rows_data = rows.data_ptr<float>();
   const float* offsets_data = offsets.data_ptr<float>();
+  // The GEMMs below are dispatcher calls on OpenMP's threads, which do not inherit this thread's
+  // autograd and inference-mode state: without it, writing into `out` (an inference tensor under
+  // torch.inference_mode) from another thread is refused.
+  const at::ThreadLocalState state;
   at::parallel_for(0, (positions + block - 1) / block, 1, [&](int64_t begin, int64_t end) {
+    const at::ThreadLocalStateGuard guard(state);
     auto cols = at::empty({block, kTaps * channels}, x.options());
     for (int64_t i = begin; i < end; ++i) {
       const int64_t first = i * block, count = std::min(positions, first + block) - first;
