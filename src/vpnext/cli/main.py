@@ -13,6 +13,7 @@ from pathlib import Path
 from vpnext import __version__
 from vpnext.cli.suggest import close_words, did_you_mean
 from vpnext.errors import describe
+from vpnext.memory import tune_malloc
 from vpnext.run_dir import (
     JOB,
     RUN_DIR_ENV,
@@ -177,6 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         Process exit code.
     """
+    tune_malloc()  # large CPU buffers reused across passes (vpnext.memory; VPNEXT_MALLOC=0: glibc's defaults)
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     saved_debug = os.environ.get(DEBUG_ENV)

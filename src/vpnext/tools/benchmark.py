@@ -42,6 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from vpnext import memory
 from vpnext.losses import SegmentationLoss
 from vpnext.models import VPNeXt
 from vpnext.models.macs import count_macs
@@ -270,6 +271,7 @@ def run_benchmark(
             "compile": compile_,
             "load_average_start": list(os.getloadavg()),
             "memory_method": memory_method(device),
+            "malloc": "tuned" if memory.tuned() else "glibc defaults",
         },
         "config": config.to_dict(),
         "image_size": list(image_size),
@@ -320,7 +322,8 @@ def format_report(result: dict[str, Any]) -> str:
         f"upsampler={cfg['upsampler']} hiclr_depth={cfg['hiclr_depth']} decoder={cfg['decoder']} "
         f"decoder_dim={cfg['decoder_dim']} pyramid_dim={cfg['pyramid_dim']} (None: the preset's)",
         f"{env['device']} ({env['device_name']}), {env['threads']} threads, torch {env['torch']}, "
-        f"bf16={env['bf16']} compile={env['compile']}, load {env['load_average_start'][0]:.2f}"
+        f"bf16={env['bf16']} compile={env['compile']}, malloc {env.get('malloc', '?')}, "
+        f"load {env['load_average_start'][0]:.2f}"
         f"->{env['load_average_end'][0]:.2f}, {result['repeats']} repeats after {result['warmup']} warm-up",
         "",
         f"{'inference':<18}{_HEADER}{'x backbone':>12}{'GMACs':>10}{'peak MiB':>10}",
