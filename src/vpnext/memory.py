@@ -4,8 +4,9 @@ the kernel after every use (standard library only).
 A forward pass allocates and frees many tensors of a few to a few tens of MiB. With glibc's
 defaults, a freed block above the mmap threshold goes back to the kernel, and so does free memory
 at the top of the heap beyond the trim threshold; the next pass then pays a page fault per 4 KiB it
-touches again. At ViT-S/16 512x512 that is ~27,000 faults per backbone call and ~6,500 more in the
-decoder here, whose 1/4-resolution maps are the largest short-lived buffers. :func:`tune_malloc`
+touches again. At ViT-S/16 512x512 that was ~27,000 faults per backbone call here (~6,500 per
+full-model call right after: the count depends on the heap's history); the decoder's
+1/4-resolution maps are its largest short-lived buffers. :func:`tune_malloc`
 raises both thresholds, which is what PyTorch's CPU performance guide gets by preloading jemalloc or
 tcmalloc: blocks up to 32 MiB come from the heap and freed memory stays in the process (up to
 1 GiB at the top of the heap) for the next pass. Values are unchanged: PyTorch aligns every buffer
