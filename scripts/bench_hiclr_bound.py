@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vpnext.memory import tune_malloc
+from vpnext.memory import setting, tune_malloc
 from vpnext.models.macs import count_macs
 from vpnext.models.vitup import HiCLR
 from vpnext.ops.deform_conv import _CHUNK_BYTES, _TAPS, _embedding_bag_columns
@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
-    malloc = "tuned" if tune_malloc() else "glibc defaults"  # as vpnext runs (VPNEXT_MALLOC=0: off)
+    tune_malloc()  # as the vpnext command runs (VPNEXT_MALLOC=0: glibc's defaults)
     torch.manual_seed(0)
     torch.set_grad_enabled(False)
 
@@ -113,7 +113,7 @@ def main() -> None:
     rate = {name: macs[name] / ms[name] / 1e6 for name in parts}
     figures = {
         "threads": torch.get_num_threads(),
-        "malloc": malloc,
+        "malloc": setting(),
         "ms": ms,
         "gmacs": {name: m / 1e9 for name, m in macs.items()},
         "gmac_per_s": rate,
@@ -123,7 +123,7 @@ def main() -> None:
     }
     for name in parts:
         print(f"{name:14s} {ms[name]:8.2f} ms {macs[name] / 1e9:7.3f} GMACs {rate[name]:6.1f} GMAC/s")
-    print(f"malloc: {malloc}")
+    print(f"malloc: {figures['malloc']}")
     print(f"HiCLR / backbone rate: {figures['hiclr_over_backbone_rate']:.2f} (auto: native kernel if built)")
     print(f"HiCLR / backbone rate, PyTorch sampling: {figures['hiclr_embedding_bag_over_backbone_rate']:.2f}")
     print(f"ceiling (its matmuls alone) / backbone rate: {figures['ceiling_over_backbone_rate']:.2f}")

@@ -9,6 +9,8 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -213,3 +215,14 @@ class FakeVpnext:
             return subprocess.CompletedProcess(argv, 1)
         (run_dir / "results.json").write_text(json.dumps({"mIoU": 0.5}))
         return subprocess.CompletedProcess(argv, 0)
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(count)``, restoring the previous count after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

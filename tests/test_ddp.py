@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import torch
 
-from tests.helpers import SMALL_RUN_ARGS, only_run_dir, read_json, vpnext_command
+from tests.helpers import SMALL_RUN_ARGS, only_run_dir, read_json, torch_threads, vpnext_command
 from vpnext.cli import main
 from vpnext.tools import report
 
@@ -54,17 +51,6 @@ def run_ddp(args: list[str], devices: int) -> None:
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """The single-process reference computes with one thread, like each DDP rank."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def coverage(results: dict) -> dict:
     return {key: results[key] for key in FULL_SPLIT}
 
@@ -85,7 +71,7 @@ def single_process(ddp_fit: Path) -> dict:
     fit's config: ``EVAL_PROTOCOL``; synthetic data tests on its val split)."""
     ckpt = ddp_fit / "checkpoints" / "last.ckpt"
     args = ["test", "--config", str(ddp_fit / "config.yaml"), *SINGLE, "--run.name=single_test"]
-    with one_thread():
+    with torch_threads(1):  # like each DDP rank
         assert main([*args, "--ckpt_path", str(ckpt)]) == 0
     return read_json(only_run_dir(ddp_fit.parent.parent / "single_test", "_test") / "results.json")
 
@@ -100,7 +86,7 @@ def test_ddp_fit_validates_every_image_once(ddp_fit: Path) -> None:
 
     # The fit's last validation, scored again by one process: the same counts, to the bit.
     ckpt = ddp_fit / "checkpoints" / "last.ckpt"
-    with one_thread():
+    with torch_threads(1):  # like each DDP rank
         assert (
             main(["validate", "--config", str(ddp_fit / "config.yaml"), *SINGLE, "--ckpt_path", str(ckpt)])
             == 0

@@ -13,6 +13,7 @@ import torch
 import torchvision
 from torch import Tensor
 
+from tests.helpers import torch_threads
 from vpnext.models.vitup import HiCLR
 from vpnext.ops import deform_conv3x3, native
 
@@ -64,14 +65,9 @@ def test_many_blocks_on_two_threads_under_no_grad_and_inference_mode(mode: str) 
     """Validation runs under ``torch.inference_mode``: the threads that write the blocks' rows must
     run under it too (an inference tensor cannot be written outside it)."""
     x, offset, weight, bias = _inputs(batch=1, channels=48, size=(64, 64), out=48)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        with getattr(torch, mode)():
-            out = deform_conv3x3(x, offset, weight, bias, impl="native")
-            assert out.shape == (1, 48, 64, 64) and out.is_inference() == (mode == "inference_mode")
-    finally:
-        torch.set_num_threads(threads)
+    with torch_threads(2), getattr(torch, mode)():
+        out = deform_conv3x3(x, offset, weight, bias, impl="native")
+        assert out.shape == (1, 48, 64, 64) and out.is_inference() == (mode == "inference_mode")
     expected = torchvision.ops.deform_conv2d(x, offset, weight, bias, padding=1)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
@@ -81,14 +77,10 @@ def test_the_kernel_samples_on_all_of_torchs_threads() -> None:
     """Built without OpenMP, ``at::parallel_for`` is a plain loop: the sampling would run on one
     thread whatever ``torch.set_num_threads`` says (it did until 2026-12-06)."""
     kernel = native.build()
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
+    with torch_threads(2):
         assert kernel.parallel_threads(64) == 2
-        torch.set_num_threads(1)
+    with torch_threads(1):
         assert kernel.parallel_threads(64) == 1
-    finally:
-        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])

@@ -21,7 +21,7 @@ import ctypes
 import os
 import sys
 
-__all__ = ["ENV", "MMAP_THRESHOLD", "TRIM_THRESHOLD", "tune_malloc", "tuned"]
+__all__ = ["ENV", "MMAP_THRESHOLD", "TRIM_THRESHOLD", "setting", "tune_malloc", "tuned"]
 
 ENV = "VPNEXT_MALLOC"
 MMAP_THRESHOLD = 32 << 20  #: glibc's largest mmap threshold on 64-bit (``DEFAULT_MMAP_THRESHOLD_MAX``)
@@ -31,17 +31,14 @@ _USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TO
 _state = {"tuned": False}
 
 
-def _left_to_the_user() -> str | None:
-    """Why glibc's settings are left alone, or None."""
-    if os.environ.get(ENV, "1") == "0":
-        return f"{ENV}=0"
-    if any(name in os.environ for name in _USER_SETTINGS) or "glibc.malloc" in os.environ.get(
-        "GLIBC_TUNABLES", ""
-    ):
-        return "malloc settings in the environment"
-    if any(lib in os.environ.get("LD_PRELOAD", "") for lib in ("jemalloc", "tcmalloc", "mimalloc")):
-        return "another allocator is preloaded"
-    return None
+def _left_to_the_user() -> bool:
+    """``VPNEXT_MALLOC=0``, malloc settings of the user's in the environment, or a preloaded allocator."""
+    return (
+        os.environ.get(ENV, "1") == "0"
+        or any(name in os.environ for name in _USER_SETTINGS)
+        or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", "")
+        or any(lib in os.environ.get("LD_PRELOAD", "") for lib in ("jemalloc", "tcmalloc", "mimalloc"))
+    )
 
 
 def tune_malloc() -> bool:
@@ -71,3 +68,8 @@ def tune_malloc() -> bool:
 def tuned() -> bool:
     """Whether :func:`tune_malloc` set the thresholds in this process."""
     return _state["tuned"]
+
+
+def setting() -> str:
+    """What benchmarks record: ``"tuned"`` or ``"glibc defaults"``."""
+    return "tuned" if tuned() else "glibc defaults"

@@ -271,7 +271,7 @@ def run_benchmark(
             "compile": compile_,
             "load_average_start": list(os.getloadavg()),
             "memory_method": memory_method(device),
-            "malloc": "tuned" if memory.tuned() else "glibc defaults",
+            "malloc": memory.setting(),
         },
         "config": config.to_dict(),
         "image_size": list(image_size),

@@ -122,7 +122,7 @@ def build() -> ModuleType:
                 name,
                 sources,
                 extra_cflags=flags,
-                extra_ldflags=[f for f in flags if f == "-fopenmp"],
+                extra_ldflags=_openmp(),  # link the OpenMP runtime the flag compiles against
                 build_directory=str(folder),
                 verbose=False,
             )
