@@ -7,7 +7,10 @@ import json
 import subprocess
 from pathlib import Path
 
+import albumentations
+import cv2
 import pytest
+import timm
 import torch
 import yaml
 
@@ -49,6 +52,13 @@ def test_fit_writes_checkpoints_results_and_logs(fit_run: Path) -> None:
     # The wall time is labelled with what it was measured on.
     assert results["machine"]["threads"] == torch.get_num_threads()
     assert isinstance(results["machine"]["device"], str) and results["machine"]["device"]
+    assert results["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    # ... and with the versions of the libraries that change the numbers (a fresh install may differ).
+    assert results["versions"]["torch"] == torch.__version__
+    assert results["versions"]["timm"] == timm.__version__
+    assert results["versions"]["albumentations"] == albumentations.__version__
+    assert results["versions"]["opencv"] == cv2.__version__
+    assert all(results["versions"][name] for name in ("torchvision", "numpy", "pillow", "lightning"))
     # ... and with the code that made it (a git checkout here; None for an installed wheel).
     if (Path(__file__).resolve().parents[1] / ".git").exists():
         head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True)

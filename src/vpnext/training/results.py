@@ -8,6 +8,7 @@ so a reader never sees half a file.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -39,6 +40,7 @@ __all__ = [
     "ResultsWriter",
     "code_version",
     "device_name",
+    "library_versions",
     "read_results",
 ]
 
@@ -52,6 +54,36 @@ def device_name(device: torch.device) -> str:
     except OSError:
         match = None
     return match.group(1).strip() if match else platform.processor() or platform.machine()
+
+
+#: Libraries whose versions change a run's numbers besides torch and Lightning, by the name their
+#: module is imported as: the backbone (timm), image ops (torchvision), the augmentation pipeline
+#: (albumentations on OpenCV and NumPy) and image decoding (Pillow).
+NUMERIC_LIBRARIES = {
+    "timm": "timm",
+    "torchvision": "torchvision",
+    "albumentations": "albumentations",
+    "opencv": "cv2",
+    "numpy": "numpy",
+    "pillow": "PIL",
+}
+
+
+def library_versions() -> dict[str, str | None]:
+    """vpnext's, torch's and Lightning's versions and those of :data:`NUMERIC_LIBRARIES` (``None``
+    where one is missing): a fresh install may resolve newer ones, and a "same seed" run with them
+    need not give the same numbers."""
+    versions: dict[str, str | None] = {
+        "vpnext": vpnext.__version__,
+        "torch": torch.__version__,
+        "lightning": L.__version__,
+    }
+    for label, module in NUMERIC_LIBRARIES.items():
+        try:
+            versions[label] = str(importlib.import_module(module).__version__)
+        except (ImportError, AttributeError):
+            versions[label] = None
+    return versions
 
 
 def code_version() -> dict[str, Any] | None:
@@ -192,14 +224,16 @@ class ResultsWriter(Callback):
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "checkpoint": {"evaluated": _ckpt_path(trainer, stage), "best": None, "last": None},
             # What the wall time was measured on: timings are only comparable on one machine.
-            "machine": {"device": device_name(pl_module.device), "threads": torch.get_num_threads()},
-            # The code that made the result: "same seed" runs of two commits may differ.
-            "code": self._code if self._code_read else code_version(),
-            "versions": {
-                "vpnext": vpnext.__version__,
-                "torch": torch.__version__,
-                "lightning": L.__version__,
+            # CPU numerics also depend on the SIMD level ATen's kernels dispatch to (AVX512, AVX2, ...).
+            "machine": {
+                "device": device_name(pl_module.device),
+                "threads": torch.get_num_threads(),
+                "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             },
+            # The code that made the result: "same seed" runs of two commits, or of one commit with
+            # other library versions, may differ.
+            "code": self._code if self._code_read else code_version(),
+            "versions": library_versions(),
         }
         # A validate/test run restores the fit's checkpoint callbacks: their paths are not this run's.
         for callback in trainer.checkpoint_callbacks if stage == "fit" else []:
