@@ -56,10 +56,14 @@ def device_name(device: torch.device) -> str:
     return match.group(1).strip() if match else platform.processor() or platform.machine()
 
 
-#: Libraries whose versions change a run's numbers besides torch and Lightning, by the name their
-#: module is imported as: the backbone (timm), image ops (torchvision), the augmentation pipeline
-#: (albumentations on OpenCV and NumPy) and image decoding (Pillow).
-NUMERIC_LIBRARIES = {
+#: The libraries whose versions a result records, by the name their module is imported as: vpnext,
+#: torch and Lightning, and those that change a run's numbers besides them: the backbone (timm), image
+#: ops (torchvision), the augmentation pipeline (albumentations on OpenCV and NumPy) and image
+#: decoding (Pillow).
+VERSIONED_LIBRARIES = {
+    "vpnext": "vpnext",
+    "torch": "torch",
+    "lightning": "lightning",
     "timm": "timm",
     "torchvision": "torchvision",
     "albumentations": "albumentations",
@@ -70,15 +74,10 @@ NUMERIC_LIBRARIES = {
 
 
 def library_versions() -> dict[str, str | None]:
-    """vpnext's, torch's and Lightning's versions and those of :data:`NUMERIC_LIBRARIES` (``None``
-    where one is missing): a fresh install may resolve newer ones, and a "same seed" run with them
-    need not give the same numbers."""
-    versions: dict[str, str | None] = {
-        "vpnext": vpnext.__version__,
-        "torch": torch.__version__,
-        "lightning": L.__version__,
-    }
-    for label, module in NUMERIC_LIBRARIES.items():
+    """The version of each of :data:`VERSIONED_LIBRARIES` (``None`` where one is missing): a fresh
+    install may resolve newer ones, and a "same seed" run with them need not give the same numbers."""
+    versions: dict[str, str | None] = {}
+    for label, module in VERSIONED_LIBRARIES.items():
         try:
             versions[label] = str(importlib.import_module(module).__version__)
         except (ImportError, AttributeError):
