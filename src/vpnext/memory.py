@@ -21,7 +21,7 @@ import ctypes
 import os
 import sys
 
-__all__ = ["ENV", "MMAP_THRESHOLD", "TRIM_THRESHOLD", "setting", "tune_malloc", "tuned"]
+__all__ = ["ENV", "MMAP_THRESHOLD", "TRIM_THRESHOLD", "available_bytes", "setting", "tune_malloc", "tuned"]
 
 ENV = "VPNEXT_MALLOC"
 MMAP_THRESHOLD = 32 << 20  #: glibc's largest mmap threshold on 64-bit (``DEFAULT_MMAP_THRESHOLD_MAX``)
@@ -73,3 +73,15 @@ def tuned() -> bool:
 def setting() -> str:
     """What benchmarks record: ``"tuned"`` or ``"glibc defaults"``."""
     return "tuned" if tuned() else "glibc defaults"
+
+
+def available_bytes(meminfo: str = "/proc/meminfo") -> int | None:
+    """Memory the kernel can hand out without swapping (``MemAvailable``); ``None`` where unknown."""
+    try:
+        with open(meminfo, encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        return None
+    return None

@@ -157,6 +157,8 @@ class SegmentationDataset(Dataset):
         self.transform = transform
         self.keep_original_label = keep_original_label
         self._lut = spec.label_lut()
+        #: Decoded (image, label) per image path once :meth:`keep_decoded` ran, else ``None``.
+        self._decoded: dict[Path, tuple[np.ndarray, np.ndarray | None]] | None = None
         if not self.root.is_dir():
             raise DatasetError(f"{self.root}: dataset root of {spec.name!r} does not exist")
         self.samples: list[Sample] = self.list_samples()
@@ -232,8 +234,40 @@ class SegmentationDataset(Dataset):
                 return [str(err)]
         return []
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        sample = self.samples[index]
+    @property
+    def decoded(self) -> bool:
+        """Whether :meth:`keep_decoded` ran: samples come from memory, not from the files."""
+        return self._decoded is not None
+
+    def decoded_bytes(self) -> int:
+        """Bytes the decoded frames of this split take (RGB image + label), from the file headers."""
+        total = 0
+        for sample in self.samples:
+            (width, height), _ = _header(sample.image_path)
+            total += width * height * (3 + (sample.label_path is not None))
+        return total
+
+    def keep_decoded(self) -> int:
+        """Decode every sample once and serve it from memory from now on; returns the bytes kept.
+
+        The transforms run on the kept arrays at every access, so samples are exactly those read
+        from the files. The arrays are read-only: a transform that wrote into its input would
+        otherwise change the data of every later epoch. DataLoader workers started after this
+        (forked) share the memory with this process.
+        """
+        decoded: dict[Path, tuple[np.ndarray, np.ndarray | None]] = {}
+        for sample in self.samples:
+            image, label = self._decode(sample)
+            for array in (image, label):
+                if array is not None:
+                    array.flags.writeable = False
+            decoded[sample.image_path] = (image, label)
+        self._decoded = decoded
+        return sum(a.nbytes for pair in decoded.values() for a in pair if a is not None)
+
+    def _decode(self, sample: Sample) -> tuple[np.ndarray, np.ndarray | None]:
+        if self._decoded is not None and sample.image_path in self._decoded:
+            return self._decoded[sample.image_path]
         image = read_image(sample.image_path)
         label = None
         if sample.label_path is not None:
@@ -243,6 +277,11 @@ class SegmentationDataset(Dataset):
                     f"{sample.label_path}: label size {label.shape} (HxW) differs from image "
                     f"{sample.image_path.name} {image.shape[:2]}"
                 )
+        return image, label
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.samples[index]
+        image, label = self._decode(sample)
         ori_size = (int(image.shape[0]), int(image.shape[1]))
         if self.transform is not None:
             if label is None or self.keep_original_label:

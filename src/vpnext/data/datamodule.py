@@ -10,6 +10,8 @@ and scores against the original label. Batches of different sizes are padded by
 from __future__ import annotations
 
 import functools
+import sys
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +29,7 @@ from vpnext.data.sampling import EvalDistributedSampler
 from vpnext.data.settings import DataSettings
 from vpnext.data.workers import launcher_rank, register_worker_cleanup, seed_worker
 from vpnext.errors import UserError
+from vpnext.memory import available_bytes
 
 
 def _names(value: str | list[str] | None) -> list[str] | None:
@@ -91,6 +94,11 @@ class SegDataModule(DataSettings, L.LightningDataModule):
         num_workers: DataLoader worker processes.
         pin_memory: Pin host memory (only when CUDA is available).
         persistent_workers: Keep workers alive between epochs (when ``num_workers > 0``).
+        cache: Decode every frame of the sets ``setup`` builds once, into memory, and augment
+            the kept pixels at each access (samples are unchanged). On a machine whose cores all
+            train, this takes decoding out of every step (docs/datasets.md, "Keeping decoded
+            frames in memory"). Refused when the frames would take more than half of the
+            available memory; every DDP process keeps its own copy.
         check_files: Up-front scan of every split in ``setup``: ``"headers"`` (cheap: existence,
             readability, sizes, label mode), ``"decode"`` (also decodes every file and checks label
             values) or ``"none"``.
@@ -128,6 +136,7 @@ class SegDataModule(DataSettings, L.LightningDataModule):
         num_workers: int = 4,
         pin_memory: bool = True,
         persistent_workers: bool = True,
+        cache: bool = False,
         check_files: CheckLevel = "headers",
         predict_dir: str | None = None,
         synthetic_kwargs: dict[str, int] | None = None,
@@ -280,6 +289,32 @@ class SegDataModule(DataSettings, L.LightningDataModule):
                 self.predict_set = ImageFolderDataset(hp.predict_dir, self.spec, transform)
             else:
                 self.predict_set = self._make(hp.val_split or self.spec.val_split, train=False)
+        if hp.cache:
+            self._keep_decoded()
+
+    def _keep_decoded(self) -> None:
+        """Decode the train/val/test sets built so far into memory (``cache``), if they fit."""
+        sets = [
+            ds
+            for ds in (self.train_set, self.val_set, self.official_val_set, self.test_set)
+            if ds is not None and not ds.decoded
+        ]
+        if not sets:
+            return
+        need, free = sum(ds.decoded_bytes() for ds in sets), available_bytes()
+        frames = sum(len(ds) for ds in sets)
+        if free is not None and need > free // 2:
+            raise UserError(
+                f"--data.cache=true: the {frames} decoded frames would take {need / 2**30:.1f} GiB, "
+                f"more than half of the {free / 2**30:.1f} GiB available; leave the cache off"
+            )
+        start = time.perf_counter()
+        kept = sum(ds.keep_decoded() for ds in sets)
+        print(
+            f"vpnext: --data.cache: {frames} frames kept decoded in memory "
+            f"({kept / 2**20:.0f} MiB, {time.perf_counter() - start:.1f} s)",
+            file=sys.stderr,
+        )
 
     def _setup_groups(self, stage: str | None) -> None:
         """Validate on the ``val_groups``: their frames leave training and form the val set."""
