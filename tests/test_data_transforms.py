@@ -186,19 +186,3 @@ def test_pipeline_seed_is_reproducible(seed: int) -> None:
     b = build_train_transform((32, 32), None, seed=seed)(image=image, mask=label)
     np.testing.assert_array_equal(a["image"], b["image"])
     np.testing.assert_array_equal(a["mask"], b["mask"])
-
-
-class _OpenCVThreads(torch.utils.data.Dataset):
-    def __len__(self) -> int:
-        return 1
-
-    def __getitem__(self, index: int) -> int:
-        import cv2
-
-        return cv2.getNumThreads()
-
-
-def test_workers_run_opencv_on_one_thread() -> None:
-    """A worker's resizes must not take every core from the training step beside it."""
-    loader = torch.utils.data.DataLoader(_OpenCVThreads(), num_workers=1, worker_init_fn=seed_worker)
-    assert [int(n) for n in loader] == [1]

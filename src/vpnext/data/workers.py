@@ -46,11 +46,6 @@ def seed_worker(worker_id: int) -> None:
     for name in PREEMPTION_SIGNALS:
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), signal.SIG_IGN)
-    # One thread for OpenCV's resizes and colour conversions in a worker (as torch already has):
-    # its default pool of one thread per core would compete with the training step on every core.
-    import cv2  # already loaded by the transforms the worker runs
-
-    cv2.setNumThreads(1)
     info = get_worker_info()
     seed = (torch.initial_seed() + 1_000_003 * launcher_rank()) % 2**32
     random.seed(seed)
