@@ -157,3 +157,41 @@ def test_workers_left_at_exit_do_not_hang_the_interpreter(tmp_path) -> None:
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "DataLoader worker" not in done.stderr
+
+
+@pytest.mark.slow
+def test_loader_workers_run_opencv_on_one_thread_without_hanging(tmp_path) -> None:
+    """OpenCV runs on one thread wherever the loaders fork workers, set before they fork: setting it
+    inside a forked worker, after the parent's OpenCV pool has run, waits forever (seen once, in the
+    suite under xdist). The parent's pool runs first here, so that case is the one tested."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = tmp_path / "opencv_threads.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import cv2
+            import numpy as np
+            from vpnext.data import SegDataModule
+
+            cv2.setNumThreads(2)
+            frame = np.zeros((1024, 1024, 3), np.uint8)
+            for _ in range(3):
+                cv2.resize(frame, (700, 700))  # the parent's pool has run
+            dm = SegDataModule(
+                dataset="synthetic", root={str(tmp_path / "data")!r}, crop_size=32, batch_size=2,
+                num_workers=1, synthetic_kwargs={{"num_train": 4, "num_val": 2, "image_size": 48}},
+            )
+            dm.prepare_data()
+            dm.setup("fit")
+            for loader in (dm.train_dataloader(), dm.val_dataloader()):
+                assert next(iter(loader))["image"].ndim == 4
+            print("threads", cv2.getNumThreads())
+            """
+        )
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "threads 1" in done.stdout

@@ -27,7 +27,7 @@ from vpnext.data.mixing import MixMode
 from vpnext.data.resume import EpochSeededDataset, ResumableSampler
 from vpnext.data.sampling import EvalDistributedSampler
 from vpnext.data.settings import DataSettings
-from vpnext.data.workers import launcher_rank, register_worker_cleanup, seed_worker
+from vpnext.data.workers import launcher_rank, prepare_workers, seed_worker
 from vpnext.errors import UserError
 from vpnext.memory import available_bytes
 
@@ -341,7 +341,7 @@ class SegDataModule(DataSettings, L.LightningDataModule):
             raise RuntimeError("call setup() with the matching stage before asking for a dataloader")
         workers = self.hparams.num_workers
         if workers:
-            register_worker_cleanup()
+            prepare_workers()
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -382,7 +382,7 @@ class SegDataModule(DataSettings, L.LightningDataModule):
         if dataset is None:
             raise RuntimeError("call setup('fit') before asking for the training dataloader")
         if workers:
-            register_worker_cleanup()
+            prepare_workers()
         kwargs = self.trainer.distributed_sampler_kwargs if self.trainer is not None else None
         replicas, rank = (int(kwargs["num_replicas"]), int(kwargs["rank"])) if kwargs else (1, 0)
         # The pipeline's seed follows seed_everything (drawn in _make); the order uses the same one.

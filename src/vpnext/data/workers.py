@@ -1,5 +1,6 @@
 """DataLoader worker set-up, importable without Lightning: per-worker seeds, pre-emption signals
-ignored in workers, and the exit hook that keeps leftover workers from hanging the interpreter."""
+ignored in workers, OpenCV on one thread, and the exit hook that keeps leftover workers from hanging
+the interpreter."""
 
 from __future__ import annotations
 
@@ -10,13 +11,14 @@ import os
 import random
 import signal
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from vpnext.schema import PREEMPTION_SIGNALS
 
-__all__ = ["launcher_rank", "register_worker_cleanup", "seed_worker"]
+__all__ = ["launcher_rank", "prepare_workers", "register_worker_cleanup", "seed_worker"]
 
 
 def launcher_rank() -> int:
@@ -76,3 +78,18 @@ def _kill_daemonic_children() -> None:
 def register_worker_cleanup() -> None:
     """Register :func:`_kill_daemonic_children` at exit, once per process."""
     atexit.register(_kill_daemonic_children)
+
+
+def prepare_workers() -> None:
+    """Set this process up to fork DataLoader workers; call it before each loader is built.
+
+    - OpenCV runs on one thread in this process, and so in every worker forked from it. A worker's
+      OpenCV pool would take cores from the training step (on two cores the worker's resizing on
+      two threads measured slower fit steps, docs/benchmarks.md), and the workers are the
+      parallelism. It is set here, before forking, and not in :func:`seed_worker`: a worker forked
+      from a process whose OpenCV pool has run inherits the pool's state without its threads, and
+      ``cv2.setNumThreads`` there waits for them forever.
+    - The exit hook of :func:`register_worker_cleanup` is registered.
+    """
+    cv2.setNumThreads(1)
+    register_worker_cleanup()
