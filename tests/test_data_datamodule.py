@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import inspect
 import json
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -130,19 +133,20 @@ def test_explicit_normalisation_overrides_the_backbone() -> None:
     assert dm.mean == pytest.approx((0.1, 0.2, 0.3)) and dm.std == pytest.approx((1.0, 1.0, 1.0))
 
 
+def _run_script(path: Path, source: str) -> subprocess.CompletedProcess:
+    """Write ``source`` (dedented) to ``path`` and run it in a fresh interpreter, within 60 s."""
+    path.write_text(textwrap.dedent(source))
+    return subprocess.run([sys.executable, str(path)], capture_output=True, text=True, timeout=60)
+
+
 @pytest.mark.slow
 def test_workers_left_at_exit_do_not_hang_the_interpreter(tmp_path) -> None:
     """Workers ignore SIGTERM (pre-emption); multiprocessing's exit handler stops daemonic children
     with SIGTERM and joins them, so a loader iterator still alive at exit (as after a pre-emption
     stop, seen once in tests/test_resume.py) used to hang the process forever."""
-    import subprocess
-    import sys
-    import textwrap
-
-    script = tmp_path / "exit_with_workers.py"
-    script.write_text(
-        textwrap.dedent(
-            """
+    done = _run_script(
+        tmp_path / "exit_with_workers.py",
+        """
             import builtins
             from torch.utils.data import DataLoader
             from vpnext.data.workers import register_worker_cleanup, seed_worker
@@ -151,10 +155,8 @@ def test_workers_left_at_exit_do_not_hang_the_interpreter(tmp_path) -> None:
             loader = DataLoader(list(range(100)), batch_size=2, num_workers=2, worker_init_fn=seed_worker)
             builtins.kept_alive = iter(loader)
             next(builtins.kept_alive)
-            """
-        )
+            """,
     )
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "DataLoader worker" not in done.stderr
 
@@ -164,14 +166,9 @@ def test_loader_workers_run_opencv_on_one_thread_without_hanging(tmp_path) -> No
     """OpenCV runs on one thread wherever the loaders fork workers, set before they fork: setting it
     inside a forked worker, after the parent's OpenCV pool has run, waits forever (seen once, in the
     suite under xdist). The parent's pool runs first here, so that case is the one tested."""
-    import subprocess
-    import sys
-    import textwrap
-
-    script = tmp_path / "opencv_threads.py"
-    script.write_text(
-        textwrap.dedent(
-            f"""
+    done = _run_script(
+        tmp_path / "opencv_threads.py",
+        f"""
             import cv2
             import numpy as np
             from vpnext.data import SegDataModule
@@ -189,9 +186,7 @@ def test_loader_workers_run_opencv_on_one_thread_without_hanging(tmp_path) -> No
             for loader in (dm.train_dataloader(), dm.val_dataloader()):
                 assert next(iter(loader))["image"].ndim == 4
             print("threads", cv2.getNumThreads())
-            """
-        )
+            """,
     )
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "threads 1" in done.stdout
