@@ -21,7 +21,7 @@ import contextlib
 import socket
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import urlparse
 
 import timm
@@ -32,6 +32,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
 from vpnext.errors import OneLineError
+from vpnext.models.init import BackboneInit, mimetic_init_
 
 
 class PretrainedWeightsError(OneLineError, RuntimeError):
@@ -44,6 +45,7 @@ def create_vit(
     img_size: int | tuple[int, int] | None = None,
     drop_path_rate: float = 0.0,
     arch_kwargs: dict[str, Any] | None = None,
+    init: BackboneInit = "timm",
 ) -> VisionTransformer | Eva:
     """Create a timm ViT without classifier, optionally loading weights.
 
@@ -57,11 +59,22 @@ def create_vit(
         arch_kwargs: Architecture overrides passed to ``timm.create_model`` (``patch_size``,
             ``depth``, ``embed_dim``, ``num_heads``…), e.g. a ViT-Tiny with 8-pixel patches for CPU
             runs. With pretrained weights only overrides the weights still fit make sense.
+        init: How random-init weights are drawn: ``timm`` (timm's own) or ``mimetic`` (attention
+            drawn as in mimetic initialisation, :func:`vpnext.models.init.mimetic_init_`); only
+            without pretrained weights.
 
     Raises:
         PretrainedWeightsError: hub weights requested but not downloadable, or a missing local file.
-        ValueError: ``name`` is not a plain ViT with a conv patch embedding.
+        ValueError: ``name`` is not a plain ViT with a conv patch embedding, an unknown ``init``, or
+            an ``init`` other than ``timm`` with pretrained weights.
     """
+    if init not in get_args(BackboneInit):
+        raise ValueError(f"backbone_init={init!r}: must be one of {', '.join(get_args(BackboneInit))}")
+    if init != "timm" and pretrained is not False:
+        raise ValueError(
+            f"backbone_init={init!r} draws a random-init backbone's weights: with pretrained weights "
+            "use 'timm'"
+        )
     if not timm.is_model(name):
         raise ValueError(f"unknown timm model '{name}' (see timm.list_models('vit_*'))")
     reserved = {"num_classes", "dynamic_img_size", "drop_path_rate", "img_size", "pretrained"}
@@ -98,6 +111,8 @@ def create_vit(
     proj = model.patch_embed.proj
     if not isinstance(proj, nn.Conv2d) or proj.kernel_size != proj.stride:
         raise ValueError(f"'{name}' has no non-overlapping conv patch embedding")
+    if init == "mimetic":
+        mimetic_init_(model)
     return model
 
 
@@ -166,6 +181,7 @@ class ViTBackbone(nn.Module):
         img_size: Position-embedding grid size (timm default if ``None``).
         drop_path_rate: Stochastic depth rate.
         arch_kwargs: timm architecture overrides; see :func:`create_vit`.
+        init: ``timm`` or ``mimetic`` initialisation of a random-init backbone; see :func:`create_vit`.
     """
 
     def __init__(
@@ -175,9 +191,10 @@ class ViTBackbone(nn.Module):
         img_size: int | tuple[int, int] | None = None,
         drop_path_rate: float = 0.0,
         arch_kwargs: dict[str, Any] | None = None,
+        init: BackboneInit = "timm",
     ) -> None:
         super().__init__()
-        self.vit = create_vit(name, pretrained, img_size, drop_path_rate, arch_kwargs)
+        self.vit = create_vit(name, pretrained, img_size, drop_path_rate, arch_kwargs, init)
         self.embed_dim: int = self.vit.embed_dim
         self.depth: int = len(self.vit.blocks)
         self.patch_size: int = self.vit.patch_embed.proj.kernel_size[0]

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from vpnext.models.backbone import ViTBackbone
 from vpnext.models.context_head import ContextHead
+from vpnext.models.init import BackboneInit
 from vpnext.models.layers import crop_to, pad_to_multiple, upsample_to
 from vpnext.models.mask2former import Mask2FormerHead
 from vpnext.models.mask_transformer import MaskTransformerHead
@@ -80,6 +81,9 @@ class VPNeXt(nn.Module):
         drop_path_rate: Stochastic depth of the ViT.
         backbone_kwargs: timm architecture overrides of ``backbone`` (e.g. ``{"patch_size": 8,
             "depth": 6}``); see :func:`vpnext.models.backbone.create_vit`.
+        backbone_init: How a random-init backbone's weights are drawn: ``timm`` (timm's own) or
+            ``mimetic`` (self-attention drawn so that query-key products start near the identity
+            and value-projection products near its negative; :mod:`vpnext.models.init`).
         decoder: Named decoder configuration (:mod:`vpnext.models.presets`): ``efficient``
             (D 256, 48 channels at 1/4; the default) or ``paper`` (the whole decoder at the ViT's
             width with the 3x3 convs that reproduce Table III's costs). The five width arguments
@@ -129,6 +133,7 @@ class VPNeXt(nn.Module):
         img_size: int | tuple[int, int] | None = None,
         drop_path_rate: float = 0.0,
         backbone_kwargs: dict[str, Any] | None = None,
+        backbone_init: BackboneInit = "timm",
         decoder: DecoderPreset = "efficient",
         decoder_dim: int | None = None,
         pyramid_dim: int | None = None,
@@ -167,7 +172,9 @@ class VPNeXt(nn.Module):
             raise ValueError(f"hiclr_depth={hiclr_depth}: upsampler='mock_hiclr' needs 1 to 5 iterations")
         self.num_classes = num_classes
         self.aux_mode = aux
-        self.backbone = ViTBackbone(backbone, pretrained, img_size, drop_path_rate, backbone_kwargs)
+        self.backbone = ViTBackbone(
+            backbone, pretrained, img_size, drop_path_rate, backbone_kwargs, backbone_init
+        )
         width = self.backbone.embed_dim
         #: The resolved decoder widths (preset + explicit overrides).
         self.widths = decoder_widths(
