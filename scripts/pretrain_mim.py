@@ -166,11 +166,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=1.0e-3)
     parser.add_argument("--mask-ratio", type=float, default=0.6)
     parser.add_argument("--seed", type=int, default=None, help="overrides the config's seed_everything")
+    parser.add_argument(
+        "--backbone-init", choices=("timm", "mimetic"), default=None, help="overrides model.backbone_init"
+    )
     parser.add_argument("--out", required=True, type=Path, help="where to write the ViT (.safetensors)")
     args = parser.parse_args(argv)
     config = yaml.safe_load(args.config.read_text())
     if args.seed is not None:
         config["seed_everything"] = args.seed
+    if args.backbone_init is not None:
+        config.setdefault("model", {})["backbone_init"] = args.backbone_init
     pretrain(config, args.steps, args.out, lr=args.lr, mask_ratio=args.mask_ratio)
     return 0
 
