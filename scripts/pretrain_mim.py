@@ -112,10 +112,12 @@ def pretrain(
         init=model_cfg.get("backbone_init", "timm"),
     )
     model = MaskedImageModel(vit).train()
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "pos_embed" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "pos_embed" not in n)]
+    # Weight decay on weight matrices, none on vectors and the position embedding.
+    groups: dict[bool, list[nn.Parameter]] = {True: [], False: []}
+    for name, param in model.named_parameters():
+        groups[param.ndim >= 2 and "pos_embed" not in name].append(param)
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
+        [{"params": groups[True], "weight_decay": 0.05}, {"params": groups[False], "weight_decay": 0.0}],
         lr=lr,
         betas=(0.9, 0.95),
     )

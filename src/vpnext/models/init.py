@@ -63,8 +63,8 @@ def mimetic_init_(vit: nn.Module) -> None:
         for h in range(heads):
             left, right = _factors(dim, QK_ALPHA, QK_BETA, rank=head_dim)
             rows = slice(h * head_dim, (h + 1) * head_dim)
-            query[rows] = left.T.to(query)
-            key[rows] = right.T.to(key)
+            query[rows].copy_(left.T)
+            key[rows].copy_(right.T)
         left, right = _factors(dim, VO_ALPHA, -VO_BETA, rank=dim)
         value.copy_(left.T)
         proj.weight.copy_(right)
@@ -72,9 +72,7 @@ def mimetic_init_(vit: nn.Module) -> None:
 
 def _factors(dim: int, alpha: float, beta: float, rank: int) -> tuple[Tensor, Tensor]:
     """``(L, R)``, both (dim, rank), with ``L R^T`` the best rank-``rank`` fit of ``alpha Z + beta I``."""
-    target = alpha * torch.randn(dim, dim, dtype=torch.float64) / dim**0.5 + beta * torch.eye(
-        dim, dtype=torch.float64
-    )
-    u, s, vh = torch.linalg.svd(target)
+    noise = alpha * torch.randn(dim, dim, dtype=torch.float64) / dim**0.5
+    u, s, vh = torch.linalg.svd(noise + beta * torch.eye(dim, dtype=torch.float64))
     root = s[:rank].sqrt()
-    return (u[:, :rank] * root).float(), (vh[:rank].T * root).float()
+    return u[:, :rank] * root, vh[:rank].T * root  # float64: copy_ rounds them to the weights' dtype
